@@ -1,0 +1,43 @@
+"""The `transferlab` command line. Each command family lives in its own module under `commands/`."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+
+from transferlab.errors import UserError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Transfer learning for transformers: fine-tune, compare strategies, evaluate, export and serve.",
+)
+
+
+def _register_commands() -> None:
+    from transferlab.commands import run
+
+    for module in (run,):
+        module.register(app)
+
+
+def quiet_libraries() -> None:
+    """Library progress bars and warnings would drown our own output."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def main() -> None:
+    """Console entry point: user errors become one paragraph on stderr and exit code 2."""
+    _register_commands()
+    quiet_libraries()
+    try:
+        app()
+    except UserError as err:
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]Error:[/] {err}", highlight=False)
+        sys.exit(2)

@@ -1,0 +1,203 @@
+"""Commands that train, evaluate and use a run: demo, train, plan, evaluate, predict."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import pandas as pd
+import typer
+from rich.console import Console
+
+from transferlab.config import RunConfig, apply_override, build_config, load_yaml
+from transferlab.console import metrics_table, plan_table
+from transferlab.deploy.predictor import Predictor
+from transferlab.errors import UserError
+
+console = Console()
+
+DEMO_REVIEWS = [
+    "Best movie ever!",
+    "A tedious, overlong mess with nothing to say.",
+    "The performances are wonderful and the script is sharp and funny.",
+    "I wanted to walk out after twenty minutes.",
+]
+
+# CLI flag -> config field; every other field is reachable through --set section.field=value
+FLAG_FIELDS = {
+    "model": "model.name", "data": "data.train", "eval_data": "data.eval", "text_column": "data.text_column",
+    "label_column": "data.label_column", "text_pair_column": "data.text_pair_column",
+    "max_train_examples": "data.max_train_examples", "max_eval_examples": "data.max_eval_examples",
+    "strategy": "strategy.name", "lr": "strategy.lr", "head_lr": "strategy.head_lr",
+    "epochs": "training.epochs", "batch_size": "training.batch_size", "max_length": "model.max_length",
+    "pooling": "model.pooling", "eval_every": "training.eval_every", "patience": "training.early_stopping_patience",
+    "seed": "seed", "name": "name", "output": "output_dir",
+}
+
+Opt = Annotated
+
+
+def resolve_config(config: Path | None, flags: dict, overrides: list[str], base: dict | None = None) -> RunConfig:
+    """Config file (or `base`) < flags < --set overrides, validated into a RunConfig."""
+    data = load_yaml(config) if config else dict(base or {})
+    for flag, value in flags.items():
+        if value is not None:
+            apply_override(data, f"{FLAG_FIELDS[flag]}={json.dumps(value)}")
+    for assignment in overrides:
+        apply_override(data, assignment)
+    return build_config(data, str(config) if config else "the command-line options")
+
+
+def _train_and_show(cfg: RunConfig, resume: bool, overwrite: bool) -> dict:
+    from transferlab.run import train_run
+
+    def show_plan(prep) -> None:
+        d = prep.data
+        console.print(f"[bold]{cfg.model.name}[/] on [bold]{cfg.data.train}[/]: {len(d.train):,} train / "
+                      f"{len(d.eval):,} eval examples, labels {', '.join(d.labels)}")
+        console.print(plan_table(prep.phases, f"plan: {cfg.strategy.name}"))
+
+    doc = train_run(cfg, resume=resume, overwrite=overwrite, on_prepared=show_plan)
+    console.print(metrics_table(doc["eval"]))
+    console.print(f"trained {doc['steps']} steps in {doc['train_time_s']:.1f}s "
+                  f"({doc['train_samples_per_s']:.1f} samples/s, {doc['precision']}); "
+                  f"run saved to [bold]{cfg.run_dir}[/] (model in {cfg.run_dir / 'model'})")
+    return doc
+
+
+def train(
+    config: Opt[Path | None, typer.Option(help="YAML run config (see examples/)")] = None,
+    model: Opt[str | None, typer.Option(help="'minilm' or a local HF model directory")] = None,
+    data: Opt[str | None, typer.Option(help="bundled dataset name or CSV/JSONL/Parquet file")] = None,
+    eval_data: Opt[str | None, typer.Option(help="separate eval file (default: stratified split)")] = None,
+    text_column: Opt[str | None, typer.Option()] = None,
+    label_column: Opt[str | None, typer.Option()] = None,
+    text_pair_column: Opt[str | None, typer.Option(help="second text column for sentence pairs")] = None,
+    max_train_examples: Opt[int | None, typer.Option(help="stratified subset of the train split")] = None,
+    max_eval_examples: Opt[int | None, typer.Option()] = None,
+    strategy: Opt[str | None, typer.Option(help="full | feature-extraction | freeze-bottom:N | freeze-attention")]
+    = None,
+    lr: Opt[float | None, typer.Option(help="base learning rate (default: the strategy's)")] = None,
+    head_lr: Opt[float | None, typer.Option()] = None,
+    epochs: Opt[float | None, typer.Option()] = None,
+    batch_size: Opt[int | None, typer.Option()] = None,
+    max_length: Opt[int | None, typer.Option()] = None,
+    pooling: Opt[str | None, typer.Option(help="mean | cls | pooler | max (default: the backbone's own)")] = None,
+    eval_every: Opt[int | None, typer.Option(help="evaluate every N steps (and each epoch)")] = None,
+    patience: Opt[int | None, typer.Option(help="early stopping: evaluations without improvement")] = None,
+    seed: Opt[int | None, typer.Option()] = None,
+    name: Opt[str | None, typer.Option(help="run name (directory under --output)")] = None,
+    output: Opt[str | None, typer.Option(help="parent directory of runs")] = None,
+    set_: Opt[list[str] | None, typer.Option("--set", help="any config field: --set training.warmup=0.1")] = None,
+    resume: Opt[bool, typer.Option(help="continue the run --name from its last checkpoint")] = False,
+    overwrite: Opt[bool, typer.Option(help="replace an existing run of the same name")] = False,
+) -> None:
+    """Fine-tune a pretrained model on labelled data with a transfer-learning strategy."""
+    flags = {k: v for k, v in locals().items() if k in FLAG_FIELDS}
+    if resume:
+        run_dir = Path(output or "runs") / (name or "run")
+        if not (run_dir / "config.yaml").is_file():
+            raise UserError(f"--resume: '{run_dir}' holds no run (no config.yaml).",
+                            "Pass the --name (and --output) of the interrupted run.")
+        cfg = resolve_config(run_dir / "config.yaml", {}, [])
+    else:
+        cfg = resolve_config(config, flags, set_ or [])
+    _train_and_show(cfg, resume, overwrite)
+
+
+def demo(
+    full: Opt[bool, typer.Option("--full", help="all the data and more epochs (slower)")] = False,
+    output: Opt[str, typer.Option(help="parent directory of runs")] = "runs",
+) -> None:
+    """Fine-tune the bundled MiniLM on bundled Rotten Tomatoes reviews (freeze attention, train MLP)."""
+    base = {"name": "demo-full" if full else "demo", "output_dir": output,
+            "strategy": {"name": "freeze-attention"},
+            "training": {"epochs": 3 if full else 2, "eval_every": 200}}
+    if not full:
+        base["data"] = {"max_train_examples": 4000, "max_eval_examples": 1000}
+    cfg = resolve_config(None, {}, [], base=base)
+    _train_and_show(cfg, resume=False, overwrite=True)
+    console.print("[bold]predictions on new reviews[/]")
+    for text, pred in zip(DEMO_REVIEWS, Predictor(cfg.run_dir).predict(DEMO_REVIEWS), strict=True):
+        console.print(f"  {pred['label']:>9} ({pred['score']:.2f})  {text}")
+
+
+def plan(
+    strategy: Opt[str, typer.Option(help="strategy to compile")] = "freeze-attention",
+    model: Opt[str, typer.Option(help="'minilm' or a local HF model directory")] = "minilm",
+    lr: Opt[float | None, typer.Option()] = None,
+    epochs: Opt[float, typer.Option()] = 3,
+) -> None:
+    """Print the plan a strategy compiles to (what learns, when, at what lr), without training."""
+    from transferlab.models.backbone import resolve_model_dir
+    from transferlab.models.groups import layer_groups
+    from transferlab.strategies.named import StrategyOptions, build_plan
+    from transferlab.tasks.classification import ClassificationTask
+
+    task_model = ClassificationTask(["negative", "positive"]).build_model(resolve_model_dir(model))
+    groups = layer_groups(task_model)
+    phases = build_plan(strategy, groups, StrategyOptions(lr=lr, epochs=epochs)).resolve(groups)
+    console.print(plan_table(phases, f"plan: {strategy} on {model}"))
+
+
+def evaluate(
+    run: Opt[Path, typer.Argument(help="run directory (or model directory)")],
+    data: Opt[str, typer.Option(help="labelled CSV/JSONL/Parquet file or bundled dataset")],
+    text_column: Opt[str, typer.Option()] = "text",
+    label_column: Opt[str, typer.Option()] = "label",
+    output: Opt[Path | None, typer.Option(help="write metrics JSON here")] = None,
+) -> None:
+    """Evaluate a trained model on labelled data."""
+    from transferlab.data.sources import check_eval_labels, load_labelled
+    from transferlab.evaluation.metrics import classification_metrics
+
+    predictor = Predictor(run)
+    frame = load_labelled(data, text_column, label_column)
+    check_eval_labels(predictor.labels, frame["label"], data)
+    preds = predictor.predict(frame["text"].tolist())
+    probs = [[p["probabilities"][label] for label in predictor.labels] for p in preds]
+    ids = [predictor.labels.index(label) for label in frame["label"]]
+    import numpy as np
+
+    metrics = classification_metrics(ids, np.array(probs), predictor.labels)
+    console.print(metrics_table(metrics, f"metrics on {data} ({len(frame):,} examples)"))
+    if output:
+        output.write_text(json.dumps(metrics, indent=2))
+
+
+def predict(
+    run: Opt[Path, typer.Argument(help="run directory (or model directory)")],
+    texts: Opt[list[str] | None, typer.Argument(help="texts to classify")] = None,
+    input: Opt[Path | None, typer.Option("--input", help="file of texts (CSV/JSONL/Parquet)")] = None,
+    text_column: Opt[str, typer.Option()] = "text",
+    output: Opt[Path | None, typer.Option(help="write predictions to .csv or .jsonl")] = None,
+) -> None:
+    """Predict labels for texts given as arguments or in a file."""
+    from transferlab.data.sources import load_table
+
+    if input is not None:
+        frame = load_table(input)
+        if text_column not in frame:
+            raise UserError(f"{input}: no column '{text_column}' (columns: {', '.join(map(str, frame.columns))}).",
+                            "Pass --text-column with the name of the text column.")
+        texts = frame[text_column].fillna("").astype(str).tolist()
+    if not texts:
+        raise UserError("predict: no texts given.", "Pass texts as arguments or a file with --input.")
+    preds = Predictor(run).predict(texts)
+    rows = [{"text": t, "label": p["label"], "score": round(p["score"], 6)} for t, p in zip(texts, preds, strict=True)]
+    if output is None:
+        for row in rows:
+            console.print(f"{row['label']}\t{row['score']:.4f}\t{row['text']}", highlight=False)
+    elif output.suffix == ".csv":
+        pd.DataFrame(rows).to_csv(output, index=False)
+    elif output.suffix in (".jsonl", ".json"):
+        output.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    else:
+        raise UserError(f"--output '{output}': unknown format '{output.suffix}'.", "Use a .csv or .jsonl file name.")
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the CLI."""
+    for command in (demo, train, plan, evaluate, predict):
+        app.command()(command)

@@ -1,0 +1,74 @@
+"""Stratified splits: train/eval, k folds, and subsets, all with the class proportions of the whole."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedKFold, train_test_split
+
+from transferlab.errors import UserError
+
+
+def stratified_split(frame: pd.DataFrame, eval_fraction: float = 0.2, seed: int = 0,
+                     label_column: str = "label") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split into (train, eval) with the same class proportions; the same seed gives the same split."""
+    if not 0 < eval_fraction < 1:
+        raise UserError(f"The eval fraction must lie strictly between 0 and 1, not {eval_fraction}.",
+                        "Use a value such as 0.2 (20% of the examples held out for evaluation).")
+    label, count = _rarest_class(frame, label_column)
+    if count < 2:
+        raise UserError(f"Class {label!r} has only {count} example, so it cannot be in both train and eval.",
+                        "Add at least one more example of it, or remove it from the data.")
+    return _stratified_take(frame, label_column, seed, test_size=eval_fraction,
+                            purpose=f"split off an eval fraction of {eval_fraction}")
+
+
+def stratified_kfold(frame: pd.DataFrame, k: int, seed: int = 0,
+                     label_column: str = "label") -> list[tuple[pd.DataFrame, pd.DataFrame]]:
+    """k (train, eval) pairs; every row is in exactly one eval fold, each fold keeps the class proportions."""
+    label, count = _rarest_class(frame, label_column)
+    if k < 2 or k > count:
+        fix = f"Choose k between 2 and {count}, or add" if count >= 2 else "Add"
+        raise UserError(f"Cannot make {k} stratified folds: k must be at least 2 and at most the size of the "
+                        f"rarest class, {label!r}, which has {count} examples.",
+                        f"{fix} examples of {label!r}.")
+    folds = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    return [(_rows(frame, train), _rows(frame, evaluation))
+            for train, evaluation in folds.split(frame, frame[label_column])]
+
+
+def subsample(frame: pd.DataFrame, n: int, seed: int = 0, label_column: str = "label") -> pd.DataFrame:
+    """A stratified subset of n rows (for quick runs and learning curves); n equal to the size keeps all."""
+    classes = frame[label_column].nunique()
+    if n > len(frame):
+        raise UserError(f"Cannot take {n} examples from data that has only {len(frame)}.",
+                        f"Ask for at most {len(frame)} examples.")
+    if n < classes:
+        raise UserError(f"Cannot take {n} examples that keep all {classes} classes.",
+                        f"Ask for at least {classes} examples.")
+    if n == len(frame):
+        return frame.reset_index(drop=True)
+    subset, _ = _stratified_take(frame, label_column, seed, train_size=n, purpose=f"draw {n} examples")
+    return subset
+
+
+def _rarest_class(frame: pd.DataFrame, label_column: str) -> tuple[str, int]:
+    counts = frame[label_column].value_counts()
+    return counts.index[-1], int(counts.iloc[-1])
+
+
+def _stratified_take(frame: pd.DataFrame, label_column: str, seed: int, purpose: str,
+                     **sizes: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """sklearn's stratified train_test_split, with its size errors (too few rows per class) as UserErrors."""
+    try:
+        first, second = train_test_split(np.arange(len(frame)), stratify=frame[label_column],
+                                         random_state=seed, **sizes)
+    except ValueError as error:
+        raise UserError(f"Cannot {purpose} from {len(frame)} examples of "
+                        f"{frame[label_column].nunique()} classes while keeping every class: {error}",
+                        "Use more data or a different size.") from error
+    return _rows(frame, first), _rows(frame, second)
+
+
+def _rows(frame: pd.DataFrame, positions: np.ndarray) -> pd.DataFrame:
+    return frame.iloc[positions].reset_index(drop=True)

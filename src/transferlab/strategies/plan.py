@@ -1,0 +1,94 @@
+"""A strategy is data: a Plan is a list of Phases, each saying which layer groups learn and how fast.
+
+The trainer executes plans and knows nothing of strategy names.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass
+
+from pydantic import BaseModel, Field
+
+from transferlab.errors import UserError
+from transferlab.models.groups import LayerGroups
+
+SCHEDULES = ("linear", "cosine", "constant")
+
+
+class Phase(BaseModel):
+    """One stretch of training: group pattern -> lr (groups matched by no pattern stay frozen)."""
+
+    name: str = "train"
+    epochs: float = Field(1.0, gt=0)
+    lrs: dict[str, float]
+    warmup: float = Field(0.06, ge=0, lt=1, description="fraction of the phase's steps spent warming up")
+    schedule: str = "linear"
+
+
+@dataclass
+class ResolvedPhase:
+    """A phase with patterns expanded to concrete groups, and its parameter counts."""
+
+    phase: Phase
+    lrs: dict[str, float]  # concrete group -> lr, bottom to top
+    trainable_params: int
+    total_params: int
+
+    @property
+    def trainable_ratio(self) -> float:
+        return self.trainable_params / self.total_params
+
+    def summary(self, index: int) -> dict:
+        """The JSON form saved in metrics.json and printed by `transferlab plan`."""
+        return {"phase": index + 1, "name": self.phase.name, "epochs": self.phase.epochs,
+                "schedule": self.phase.schedule, "warmup": self.phase.warmup, "groups": self.lrs,
+                "trainable_params": self.trainable_params, "trainable_ratio": round(self.trainable_ratio, 6)}
+
+
+@dataclass
+class Plan:
+    """The phases of a strategy, in order."""
+
+    strategy: str
+    phases: list[Phase]
+
+    def resolve(self, groups: LayerGroups) -> list[ResolvedPhase]:
+        """Expand group patterns against a model's layer groups; unknown patterns are user errors."""
+        if not self.phases:
+            raise UserError(f"Strategy '{self.strategy}' has an empty list of phases.",
+                            "Give at least one phase with the groups that learn and their lr.")
+        resolved = []
+        for index, phase in enumerate(self.phases):
+            if phase.schedule not in SCHEDULES:
+                raise UserError(f"Phase {index + 1} of '{self.strategy}' has unknown schedule '{phase.schedule}'.",
+                                f"Use one of: {', '.join(SCHEDULES)}.")
+            lrs: dict[str, float] = {}
+            for pattern, lr in phase.lrs.items():
+                if lr <= 0:
+                    raise UserError(
+                        f"Phase {index + 1} of '{self.strategy}' gives group '{pattern}' lr {lr}.",
+                        "Learning rates must be > 0; leave a group out of the phase to freeze it.")
+                for group in expand_pattern(pattern, groups.names):
+                    lrs[group] = lr
+            ordered = {g: lrs[g] for g in groups.names if g in lrs}
+            trainable = sum(groups.size(g) for g in ordered)
+            resolved.append(ResolvedPhase(phase, ordered, trainable, groups.total))
+        return resolved
+
+
+def expand_pattern(pattern: str, names: list[str]) -> list[str]:
+    """Groups matched by `pattern`: exact name, prefix (`layer.3`), range (`layer.2-5.ffn`) or glob (`layer.*`)."""
+    candidates = [pattern]
+    m = re.match(r"^(layer|decoder)\.(\d+)-(\d+)(.*)$", pattern)
+    if m:
+        lo, hi = int(m.group(2)), int(m.group(3))
+        candidates = [f"{m.group(1)}.{i}{m.group(4)}" for i in range(min(lo, hi), max(lo, hi) + 1)]
+    matched = [n for n in names if any(n == c or n.startswith(c + ".") or fnmatch.fnmatchcase(n, c)
+                                       for c in candidates)]
+    if not matched:
+        raise UserError(f"Group pattern '{pattern}' matches no layer group of this model.",
+                        f"Groups that exist: {', '.join(names)}. Patterns may use ranges (layer.2-5.ffn) "
+                        "and globs (layer.*.ffn).")
+    return matched

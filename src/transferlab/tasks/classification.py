@@ -1,0 +1,46 @@
+"""Sequence classification (binary and multi-class), one text or a text pair per example."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from transferlab.evaluation.metrics import classification_metrics
+from transferlab.models.backbone import build_task_model
+from transferlab.models.modeling_transferlab import TransferlabForSequenceClassification
+from transferlab.tasks.base import Task
+
+
+class ClassificationTask(Task):
+    """Labels are strings in the data; ids follow `label_names` order and are saved as id2label."""
+
+    name = "classification"
+    metric = "accuracy"
+
+    def __init__(self, label_names: list[str]):
+        self.label_names = label_names
+        self.label_to_id = {name: i for i, name in enumerate(label_names)}
+
+    def build_model(self, model_dir: Path, **head_config) -> torch.nn.Module:
+        return build_task_model(
+            model_dir, TransferlabForSequenceClassification, task=self.name,
+            num_labels=len(self.label_names), id2label=dict(enumerate(self.label_names)),
+            label2id=dict(self.label_to_id), **head_config)
+
+    def encode(self, frame: pd.DataFrame, tokenizer: PreTrainedTokenizerBase, max_length: int) -> list[dict]:
+        pairs = frame["text_pair"].tolist() if "text_pair" in frame else None
+        enc = tokenizer(frame["text"].tolist(), pairs, truncation=True, max_length=max_length)
+        labels = [self.label_to_id[label] for label in frame["label"]]
+        keys = list(enc.keys())
+        return [{**{k: enc[k][i] for k in keys}, "labels": labels[i]} for i in range(len(labels))]
+
+    def outputs(self, model_output, batch: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+        probs = torch.softmax(model_output.logits.float(), dim=-1)
+        return {"probs": probs.cpu().numpy(), "labels": batch["labels"].cpu().numpy()}
+
+    def metrics(self, outputs: dict[str, np.ndarray]) -> dict:
+        return classification_metrics(outputs["labels"].tolist(), outputs["probs"], self.label_names)

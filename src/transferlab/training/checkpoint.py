@@ -1,0 +1,68 @@
+"""Atomic, resumable checkpoints: write into a temp directory, then rename; a pointer file names the latest."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, load_model, save_file, save_model
+
+from transferlab.errors import UserError
+
+LATEST = "latest"
+
+
+def save_checkpoint(ckpt_root: Path, step: int, model: torch.nn.Module, optimizer, scheduler, state: dict,
+                    history: list[dict], best_state: dict[str, torch.Tensor] | None) -> Path:
+    """Write a complete checkpoint atomically and drop older ones (a kill leaves the previous intact)."""
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    final = ckpt_root / f"step-{step:08d}"
+    tmp = ckpt_root / f".tmp-{final.name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_model(model, str(tmp / "model.safetensors"))
+    if best_state is not None:
+        save_file(best_state, str(tmp / "best.safetensors"))
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "rng": torch.get_rng_state()}, tmp / "optim.pt")
+    (tmp / "state.json").write_text(json.dumps(state))
+    (tmp / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
+    _fsync_dir(tmp)
+    shutil.rmtree(final, ignore_errors=True)
+    os.rename(tmp, final)
+    pointer_tmp = ckpt_root / f".{LATEST}.tmp"
+    pointer_tmp.write_text(final.name)
+    os.replace(pointer_tmp, ckpt_root / LATEST)
+    for old in ckpt_root.glob("step-*"):
+        if old != final:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _fsync_dir(path: Path) -> None:
+    for f in path.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+
+
+def latest_checkpoint(ckpt_root: Path) -> Path:
+    """The directory of the last complete checkpoint, or a UserError saying there is none."""
+    pointer = ckpt_root / LATEST
+    if not pointer.is_file() or not (ckpt_root / pointer.read_text().strip()).is_dir():
+        raise UserError(f"--resume: no checkpoint found in '{ckpt_root}'.",
+                        "Resume needs the same --output and --name as the interrupted run; "
+                        "start without --resume to train from scratch.")
+    return ckpt_root / pointer.read_text().strip()
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module) -> tuple[dict, dict, list[dict], dict | None]:
+    """Restore model weights; return (trainer state, optimizer/scheduler/rng blob, history, best weights)."""
+    load_model(model, str(path / "model.safetensors"))
+    blob = torch.load(path / "optim.pt", weights_only=True)
+    state = json.loads((path / "state.json").read_text())
+    history = [json.loads(line) for line in (path / "history.jsonl").read_text().splitlines() if line]
+    best = load_file(str(path / "best.safetensors")) if (path / "best.safetensors").is_file() else None
+    return state, blob, history, best

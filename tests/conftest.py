@@ -1,0 +1,38 @@
+"""Shared fixtures: one tiny real training run on the bundled model and data, reused by many tests."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from transferlab.config import build_config
+from transferlab.run import train_run
+
+torch.set_num_threads(2)
+
+
+def tiny_config(tmp_path, **overrides) -> dict:
+    """A config dict for a seconds-long run on a stratified subset of the bundled reviews."""
+    data = {
+        "name": "tiny", "output_dir": str(tmp_path), "seed": 7,
+        "data": {"max_train_examples": 200, "max_eval_examples": 100},
+        "model": {"max_length": 64},
+        "strategy": {"name": "freeze-attention", "lr": 3e-4},
+        "training": {"epochs": 1, "batch_size": 16, "log_every": 2},
+    }
+    for key, value in overrides.items():
+        section, _, field = key.partition("__")
+        if field:
+            data.setdefault(section, {})[field] = value
+        else:
+            data[section] = value
+    return data
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A trained run directory (model/, metrics.json, history.jsonl, plots/, report.html)."""
+    root = tmp_path_factory.mktemp("runs")
+    cfg = build_config(tiny_config(root))
+    train_run(cfg, show_progress=False)
+    return cfg.run_dir
