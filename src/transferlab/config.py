@@ -66,7 +66,7 @@ class RunConfig(_Section):
     name: str = "run"
     output_dir: str = "runs"
     seed: int = 42
-    task: Literal["classification"] = "classification"
+    task: str = Field("classification", description="classification (more tasks: see the README)")
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     strategy: StrategyConfig = StrategyConfig()

@@ -9,7 +9,6 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import pandas as pd
 import torch
 import transformers
 from accelerate import Accelerator
@@ -17,45 +16,23 @@ from accelerate.utils import set_seed
 
 import transferlab
 from transferlab.config import RunConfig, save_yaml
-from transferlab.data.sources import check_eval_labels, label_names, load_labelled
-from transferlab.data.splits import stratified_split, subsample
 from transferlab.errors import UserError
 from transferlab.evaluation.plots import plot_all
 from transferlab.evaluation.report import write_report
-from transferlab.models.backbone import default_pooling, load_tokenizer, resolve_model_dir
+from transferlab.models.backbone import load_tokenizer, resolve_model_dir
 from transferlab.models.groups import LayerGroups, layer_groups
 from transferlab.strategies.named import StrategyOptions, build_plan
 from transferlab.strategies.plan import ResolvedPhase
-from transferlab.tasks.classification import ClassificationTask
+from transferlab.tasks import task_class
+from transferlab.tasks.base import RunData, Task
 from transferlab.training.trainer import Trainer
 
 log = logging.getLogger("transferlab")
 
 
-@dataclass
-class RunData:
-    """The training and evaluation examples of a run and the label set."""
-
-    train: pd.DataFrame
-    eval: pd.DataFrame
-    labels: list[str]
-
-
 def load_run_data(cfg: RunConfig) -> RunData:
-    """Load, validate and split the data a config names (eval file, or a stratified split of train)."""
-    d = cfg.data
-    frame = load_labelled(d.train, d.text_column, d.label_column, d.text_pair_column)
-    if d.eval:
-        train = frame
-        evaluation = load_labelled(d.eval, d.text_column, d.label_column, d.text_pair_column)
-        check_eval_labels(train["label"], evaluation["label"], d.eval)
-    else:
-        train, evaluation = stratified_split(frame, d.eval_fraction, cfg.seed)
-    if d.max_train_examples and d.max_train_examples < len(train):
-        train = subsample(train, d.max_train_examples, cfg.seed)
-    if d.max_eval_examples and d.max_eval_examples < len(evaluation):
-        evaluation = subsample(evaluation, d.max_eval_examples, cfg.seed)
-    return RunData(train, evaluation, label_names(train))
+    """Load, validate and split the data a config names, as its task reads it."""
+    return task_class(cfg.task).load_data(cfg)
 
 
 @dataclass
@@ -64,7 +41,7 @@ class PreparedRun:
 
     model: torch.nn.Module
     tokenizer: object
-    task: ClassificationTask
+    task: Task
     groups: LayerGroups
     phases: list[ResolvedPhase]
     data: RunData
@@ -75,11 +52,8 @@ def prepare_run(cfg: RunConfig, data: RunData | None = None) -> PreparedRun:
     data = data or load_run_data(cfg)
     model_dir = resolve_model_dir(cfg.model.name)
     tokenizer = load_tokenizer(model_dir)
-    task = ClassificationTask(data.labels)
-    m = cfg.model
-    model = task.build_model(model_dir, pooling=m.pooling or default_pooling(model_dir),
-                             head_hidden_size=m.head_hidden_size, head_activation=m.head_activation,
-                             head_dropout=m.head_dropout)
+    task = task_class(cfg.task).for_data(cfg, data)
+    model = task.build_model(model_dir, cfg.model)
     groups = layer_groups(model)
     t, s = cfg.training, cfg.strategy
     opts = StrategyOptions(lr=s.lr, head_lr=s.head_lr, epochs=t.epochs, warmup=t.warmup, schedule=t.schedule)

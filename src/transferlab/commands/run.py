@@ -130,12 +130,13 @@ def plan(
     epochs: Opt[float, typer.Option()] = 3,
 ) -> None:
     """Print the plan a strategy compiles to (what learns, when, at what lr), without training."""
+    from transferlab.config import ModelConfig
     from transferlab.models.backbone import resolve_model_dir
     from transferlab.models.groups import layer_groups
     from transferlab.strategies.named import StrategyOptions, build_plan
     from transferlab.tasks.classification import ClassificationTask
 
-    task_model = ClassificationTask(["negative", "positive"]).build_model(resolve_model_dir(model))
+    task_model = ClassificationTask(["negative", "positive"]).build_model(resolve_model_dir(model), ModelConfig())
     groups = layer_groups(task_model)
     phases = build_plan(strategy, groups, StrategyOptions(lr=lr, epochs=epochs)).resolve(groups)
     console.print(plan_table(phases, f"plan: {strategy} on {model}"))

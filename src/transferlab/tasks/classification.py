@@ -9,10 +9,13 @@ import pandas as pd
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from transferlab.config import ModelConfig, RunConfig
+from transferlab.data.sources import check_eval_labels, label_names, load_labelled
+from transferlab.data.splits import stratified_split, subsample
 from transferlab.evaluation.metrics import classification_metrics
-from transferlab.models.backbone import build_task_model
+from transferlab.models.backbone import build_task_model, default_pooling
 from transferlab.models.modeling_transferlab import TransferlabForSequenceClassification
-from transferlab.tasks.base import Task
+from transferlab.tasks.base import RunData, Task
 
 
 class ClassificationTask(Task):
@@ -25,11 +28,33 @@ class ClassificationTask(Task):
         self.label_names = label_names
         self.label_to_id = {name: i for i, name in enumerate(label_names)}
 
-    def build_model(self, model_dir: Path, **head_config) -> torch.nn.Module:
+    @classmethod
+    def load_data(cls, cfg: RunConfig) -> RunData:
+        d = cfg.data
+        frame = load_labelled(d.train, d.text_column, d.label_column, d.text_pair_column)
+        if d.eval:
+            train = frame
+            evaluation = load_labelled(d.eval, d.text_column, d.label_column, d.text_pair_column)
+            check_eval_labels(train["label"], evaluation["label"], d.eval)
+        else:
+            train, evaluation = stratified_split(frame, d.eval_fraction, cfg.seed)
+        if d.max_train_examples and d.max_train_examples < len(train):
+            train = subsample(train, d.max_train_examples, cfg.seed)
+        if d.max_eval_examples and d.max_eval_examples < len(evaluation):
+            evaluation = subsample(evaluation, d.max_eval_examples, cfg.seed)
+        return RunData(train, evaluation, label_names(train))
+
+    @classmethod
+    def for_data(cls, cfg: RunConfig, data: RunData) -> ClassificationTask:
+        return cls(data.labels)
+
+    def build_model(self, model_dir: Path, model_cfg: ModelConfig) -> torch.nn.Module:
         return build_task_model(
             model_dir, TransferlabForSequenceClassification, task=self.name,
             num_labels=len(self.label_names), id2label=dict(enumerate(self.label_names)),
-            label2id=dict(self.label_to_id), **head_config)
+            label2id=dict(self.label_to_id), pooling=model_cfg.pooling or default_pooling(model_dir),
+            head_hidden_size=model_cfg.head_hidden_size, head_activation=model_cfg.head_activation,
+            head_dropout=model_cfg.head_dropout)
 
     def encode(self, frame: pd.DataFrame, tokenizer: PreTrainedTokenizerBase, max_length: int) -> list[dict]:
         pairs = frame["text_pair"].tolist() if "text_pair" in frame else None
