@@ -36,3 +36,23 @@ def tiny_run(tmp_path_factory):
     cfg = build_config(tiny_config(root))
     train_run(cfg, show_progress=False)
     return cfg.run_dir
+
+
+@pytest.fixture(scope="session")
+def transferlab_cli():
+    """`run(*args)` runs `transferlab ARGS` in-process through the console entry point and returns its exit
+    code (2 for a user error); read what it printed with capsys."""
+    import sys
+
+    from transferlab.cli import main
+
+    def run(*args) -> int:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(sys, "argv", ["transferlab", *map(str, args)])
+            try:
+                main()
+            except SystemExit as exit_:
+                return exit_.code if isinstance(exit_.code, int) else 0 if exit_.code is None else 1
+        return 0
+
+    return run

@@ -172,11 +172,12 @@ def make_run(tmp_path):
             {"phase": 0, "epochs": 1, "groups": {"head": 1e-3}, "trainable_params": 770,
              "trainable_ratio": 3.4e-5},
             {"phase": 1, "epochs": 2, "groups": {"layer.5.ffn": 1e-4, "pooler": 1e-4, "head": 1e-3},
+             "name": "unfreeze layer.5", "schedule": "linear", "warmup": 0.06,
              "trainable_params": 1_234_567, "trainable_ratio": 0.054},
         ],
         "eval": evals, "train_time_s": 12.34,
         "warnings": [{"code": "W001", "message": f"class {EVIL} has 2 examples", "fix": "add more examples"}],
-        "versions": {"torch": "2.13.0", "transformers": "5.23"},
+        "versions": {"torch": "2.13.0", "transformers": "5.23"}, "best_step": 40, "labels": labels,
     }
     (run / "metrics.json").write_text(json.dumps(metrics))
     (run / "config.yaml").write_text(f"model: minilm\nnote: '{EVIL}'\n")
@@ -196,13 +197,16 @@ def test_write_report(tmp_path):
     assert f"{metrics['eval']['accuracy']:.4g}" in page and f"{metrics['eval']['roc_auc']:.4g}" in page
     # plan table: one row per phase with its parameter count and ratio
     rows = re.findall(r"<tr>(.*?)</tr>", page, flags=re.S)
-    assert any("1,234,567" in r and "5.40%" in r and "layer.5.ffn, pooler" in r for r in rows)
-    assert any("770" in r and "0.00%" in r for r in rows)
+    assert any("1,234,567" in r and "5.4%" in r and "layer.5.ffn, pooler" in r for r in rows)
+    assert any("770" in r and "0.0034%" in r for r in rows)
+    assert any("unfreeze layer.5" in r and "linear, warmup 0.06" in r for r in rows)
     assert len(re.findall(r'<img src="data:image/png;base64,[A-Za-z0-9+/=]{100,}"', page)) == 5
     assert "<script" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "W001" in page and "add more examples" in page
     assert "Best eval accuracy" in page and "at step 40 (phase 1)" in page
     assert "2.13.0" in page and "12.3 s" in page
+    assert '<div class="label">best_step</div><div class="value">40</div>' in page  # any other key shows too
+    assert '<div class="label">eval accuracy</div>' in page
     assert "http" not in page.replace("http-equiv", "")  # no external assets
 
 
@@ -217,12 +221,12 @@ def test_write_report_tolerates_a_bare_run_dir_and_rejects_a_missing_one(tmp_pat
 
 
 def test_write_compare_report(tmp_path):
-    run, _, _ = make_run(tmp_path)
+    plot = plots.plot_lr(synthetic_history(), tmp_path / "lr.png")
     rows = [
         {"strategy": "full", "accuracy": 0.81, "eval_loss": 0.52, "train_time_s": 30.0},
         {"strategy": EVIL, "accuracy": 0.86, "eval_loss": 0.47, "train_time_s": 10.0, "extra": {"k": 1}},
     ]
-    page = write_compare_report(tmp_path / "cmp", rows, [run / "plots" / "lr.png"]).read_text()
+    page = write_compare_report(tmp_path / "cmp", rows, [plot, tmp_path / "missing.png"]).read_text()
     assert '<td class="best">0.86</td>' in page and '<td class="best">0.47</td>' in page
     assert page.count('class="best"') == 2  # train_time_s is not a metric: never bold
     assert "<th>extra</th>" in page and "&lt;script&gt;" in page and "<script" not in page

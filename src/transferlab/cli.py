@@ -18,9 +18,9 @@ app = typer.Typer(
 
 
 def _register_commands() -> None:
-    from transferlab.commands import run
+    from transferlab.commands import deploy, lab, run
 
-    for module in (run,):
+    for module in (run, lab, deploy):
         module.register(app)
 
 
@@ -41,3 +41,7 @@ def main() -> None:
     except UserError as err:
         Console(stderr=True, soft_wrap=True).print(f"[bold red]Error:[/] {err}", highlight=False)
         sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, model_validator
 
+from transferlab.data.augment import AugmentConfig
 from transferlab.errors import UserError
 
 
@@ -23,6 +24,8 @@ class ModelConfig(_Section):
     head_activation: Literal["tanh", "gelu", "relu", "identity"] = "tanh"
     head_dropout: float = Field(0.1, ge=0, lt=1)
     max_length: int = Field(128, ge=8, le=4096)
+    init: Literal["pretrained", "random"] = Field(
+        "pretrained", description="random = same architecture with fresh weights (the from-scratch baseline)")
 
 
 class DataConfig(_Section):
@@ -36,10 +39,36 @@ class DataConfig(_Section):
     max_eval_examples: int | None = Field(None, ge=2)
 
 
+class PhaseConfig(_Section):
+    """One phase of a custom plan: which group patterns learn and at what lr."""
+
+    name: str | None = None
+    epochs: float = Field(1, gt=0)
+    lrs: dict[str, float] = Field(description="group pattern (head, layer.4-5.ffn, layer.*) -> lr; others frozen")
+    warmup: float | None = Field(None, ge=0, lt=1, description="None = training.warmup")
+    schedule: Literal["linear", "cosine", "constant"] | None = Field(None, description="None = training.schedule")
+
+
 class StrategyConfig(_Section):
-    name: str = "freeze-attention"
+    name: str = Field("freeze-attention", description="a named strategy (see `transferlab plan`) or 'custom'")
     lr: float | None = Field(None, gt=0, description="base lr; None = the strategy's default")
     head_lr: float | None = Field(None, gt=0)
+    decay: Annotated[float, Field(gt=0, le=1)] | Literal["fastai"] | None = Field(
+        None, description="llrd/gradual: lr factor per layer going down; fastai = 1/2.6")
+    depth: int | None = Field(None, ge=0, description="progressive/gradual: layers unfrozen from the top; None = all")
+    unfreeze_embeddings: bool = Field(False, description="progressive/gradual: a last phase adds the embeddings")
+    epochs_per_phase: PositiveFloat | list[PositiveFloat] | None = Field(
+        None, description="progressive/gradual: epochs of each phase; None = training.epochs split evenly")
+    phase_lrs: list[PositiveFloat] | None = Field(
+        None, description="progressive/gradual: lr of each phase (the last repeats); None = head_lr, then lr")
+    phases: list[PhaseConfig] | None = Field(None, description="the phases of a custom plan")
+
+    @model_validator(mode="after")
+    def _phases_mean_custom(self) -> StrategyConfig:
+        # `phases:` alone is enough to ask for a custom plan; an explicit other name is refused by build_plan
+        if self.phases is not None and "name" not in self.model_fields_set:
+            self.name = "custom"
+        return self
 
 
 class TrainingConfig(_Section):
@@ -60,6 +89,67 @@ class TrainingConfig(_Section):
         "auto", description="auto = bf16 autocast where the hardware runs it natively (CUDA, AVX512-BF16 CPUs)")
     restore_best: bool = Field(True, description="end with the weights of the best evaluation")
     group_by_length: bool = True
+    feature_cache: bool = Field(True, description="compute a phase's frozen bottom once and train the layers above")
+
+
+class DoctorConfig(_Section):
+    """Thresholds of the pitfall guards that watch a run (see training/doctor.py)."""
+
+    enabled: bool = True
+    max_full_lr: float = Field(1e-4, gt=0, description="highest safe lr when embeddings and all layers train")
+    max_gap: float = Field(0.15, ge=0, le=1, description="largest acceptable train - eval metric gap")
+    small_data: int = Field(500, ge=0, description="train examples below which full fine-tuning overfits")
+    min_updates: int = Field(50, ge=0, description="optimizer updates below which a run is too short")
+    rise_tolerance: float = Field(0.1, ge=0, description="relative rise of a loss that counts as rising")
+    train_eval_examples: int = Field(500, ge=0, description="train examples scored at the end; 0 = skip")
+
+
+class NerConfig(_Section):
+    """Token classification (task: tokens): where the tokens and BIO tags are, and how they are learned."""
+
+    tokens_column: str = Field("tokens", description="JSONL/JSON/Parquet column of token lists (CoNLL: 1st column)")
+    tags_column: str = Field("tags", description="column of BIO tag lists (CoNLL: last column)")
+    crf: bool = Field(False, description="a CRF layer with BIO constraints on top, Viterbi decoding")
+    label_all_subtokens: bool = Field(False, description="tag every sub-token of a word, not only the first")
+
+
+class QaConfig(_Section):
+    """Extractive question answering (task: qa) on SQuAD-format JSON."""
+
+    doc_stride: int = Field(64, ge=0, description="tokens shared by consecutive windows of a long context")
+    max_answer_length: int = Field(30, ge=1, description="longest answer span, in tokens")
+    version_2_with_negative: bool = Field(False, description="SQuAD v2: questions may have no answer")
+
+
+class PairsConfig(_Section):
+    """Sentence pairs (task: pairs): two text columns and a score (regression) or a label (classification)."""
+
+    text_a_column: str = "text_a"
+    text_b_column: str = "text_b"
+    objective: Literal["regression", "classification"] = Field(
+        "regression", description="regression = a similarity score (MSE loss); classification = a label (NLI-style)")
+    score_column: str = Field("score", description="regression target column")
+    label_column: str = Field("label", description="classification target column")
+    min_score: float = Field(0.0, description="declared score range: a score outside it is an error")
+    max_score: float = 5.0
+
+    @model_validator(mode="after")
+    def _range_not_empty(self) -> PairsConfig:
+        if self.min_score >= self.max_score:
+            raise ValueError(f"min_score {self.min_score} must be below max_score {self.max_score}")
+        return self
+
+
+class Text2TextConfig(_Section):
+    """Text-to-text (task: text2text): an encoder-decoder model generates the target from the source."""
+
+    source_column: str = "source"
+    target_column: str = "target"
+    prefix: str = Field("", description="prepended to every source (T5 style), e.g. 'summarize: '")
+    max_target_length: int = Field(64, ge=1, le=4096, description="target tokens kept in training and generated")
+    num_beams: int = Field(1, ge=1, description="1 = greedy decoding, more = beam search")
+    decoder: str | None = Field(None, description="an encoder-only model.name is warm-started as an encoder-decoder; "
+                                "its decoder from this model ('minilm' or a dir); None = model.name")
 
 
 class RunConfig(_Section):
@@ -71,6 +161,12 @@ class RunConfig(_Section):
     data: DataConfig = DataConfig()
     strategy: StrategyConfig = StrategyConfig()
     training: TrainingConfig = TrainingConfig()
+    augment: AugmentConfig = AugmentConfig()
+    doctor: DoctorConfig = DoctorConfig()
+    ner: NerConfig = NerConfig()
+    qa: QaConfig = QaConfig()
+    pairs: PairsConfig = PairsConfig()
+    text2text: Text2TextConfig = Text2TextConfig()
 
     @property
     def run_dir(self) -> Path:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import pandas as pd
 import torch
 import transformers
 from accelerate import Accelerator
@@ -16,18 +18,23 @@ from accelerate.utils import set_seed
 
 import transferlab
 from transferlab.config import RunConfig, save_yaml
+from transferlab.data.augment import augment_texts
 from transferlab.errors import UserError
 from transferlab.evaluation.plots import plot_all
 from transferlab.evaluation.report import write_report
-from transferlab.models.backbone import load_tokenizer, resolve_model_dir
-from transferlab.models.groups import LayerGroups, layer_groups
-from transferlab.strategies.named import StrategyOptions, build_plan
+from transferlab.models.backbone import load_tokenizer, randomize_backbone, resolve_model_dir
+from transferlab.models.groups import LayerGroups
+from transferlab.strategies.named import plan_for_config
 from transferlab.strategies.plan import ResolvedPhase
 from transferlab.tasks import task_class
 from transferlab.tasks.base import RunData, Task
+from transferlab.training.doctor import Doctor
 from transferlab.training.trainer import Trainer
 
 log = logging.getLogger("transferlab")
+
+# Tasks whose label belongs to the whole text, so a reworded text keeps it (token tags, answer spans would not).
+AUGMENTABLE_TASKS = frozenset({"classification"})
 
 
 def load_run_data(cfg: RunConfig) -> RunData:
@@ -54,14 +61,30 @@ def prepare_run(cfg: RunConfig, data: RunData | None = None) -> PreparedRun:
     tokenizer = load_tokenizer(model_dir)
     task = task_class(cfg.task).for_data(cfg, data)
     model = task.build_model(model_dir, cfg.model)
-    groups = layer_groups(model)
-    t, s = cfg.training, cfg.strategy
-    opts = StrategyOptions(lr=s.lr, head_lr=s.head_lr, epochs=t.epochs, warmup=t.warmup, schedule=t.schedule)
-    phases = build_plan(s.name, groups, opts).resolve(groups)
+    if cfg.model.init == "random":
+        randomize_backbone(model)
+    groups = task.layer_groups(model)
+    phases = plan_for_config(cfg, groups).resolve(groups)
     return PreparedRun(model, tokenizer, task, groups, phases, data)
 
 
-def check_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> Path:
+def augment_train(cfg: RunConfig, frame: pd.DataFrame) -> pd.DataFrame:
+    """The training examples followed by the augmented variants of their text (training split only)."""
+    if not cfg.augment.enabled:
+        return frame
+    if cfg.task not in AUGMENTABLE_TASKS:
+        raise UserError(f"Augmentation is on (config section 'augment') but task '{cfg.task}' labels parts of "
+                        "a text, which rewording would break.",
+                        f"Set the augment rates to 0; augmentation works for: {', '.join(sorted(AUGMENTABLE_TASKS))}.")
+    # Row positions stand in for labels, so each variant carries every column of its row (label, text pair...).
+    texts, rows = augment_texts(frame["text"].tolist(), list(range(len(frame))), cfg.augment, cfg.seed)
+    augmented = frame.iloc[rows].reset_index(drop=True)
+    augmented["text"] = texts
+    log.info("augmentation: %d training examples -> %d", len(frame), len(augmented))
+    return augmented
+
+
+def check_run_dir(cfg: RunConfig, resume: bool, overwrite: bool, accelerator: Accelerator) -> Path:
     """Refuse to silently overwrite an earlier run: never lose work."""
     run_dir = cfg.run_dir
     if resume:
@@ -70,39 +93,62 @@ def check_run_dir(cfg: RunConfig, resume: bool, overwrite: bool) -> Path:
         if not overwrite:
             raise UserError(f"Run directory '{run_dir}' already holds a run.",
                             "Pass --resume to continue it, --overwrite to replace it, or choose another --name.")
-        shutil.rmtree(run_dir)
+        # every process has looked before the main one deletes: all take the same branch, none races the rmtree
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            shutil.rmtree(run_dir)
+    accelerator.wait_for_everyone()
     return run_dir
 
 
+def make_accelerator() -> Accelerator:
+    """The accelerate state of this process; several processes without a GPU join as CPU workers (gloo)."""
+    # `accelerate launch --multi_gpu --num_processes N` on a CPU-only machine starts N processes, but accelerate
+    # only groups them when told to use the CPU; otherwise each would train alone on the same run directory
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return Accelerator(cpu=launched and not torch.cuda.is_available())
+
+
 def train_run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, show_progress: bool = True,
-              on_prepared=None) -> dict:
-    """Train and evaluate one run end to end; write model/, metrics.json, history.jsonl, plots/, report.html."""
-    accelerator = Accelerator()
-    run_dir = check_run_dir(cfg, resume, overwrite)
+              on_prepared=None, data: RunData | None = None, callbacks: tuple = ()) -> dict:
+    """Train and evaluate one run end to end; write model/, metrics.json, history.jsonl, plots/, report.html.
+
+    `data` replaces the examples the config names (k-fold, learning curves); `callbacks` see each history record.
+    """
+    accelerator = make_accelerator()
+    run_dir = check_run_dir(cfg, resume, overwrite, accelerator)
     set_seed(cfg.seed)
-    prep = prepare_run(cfg)
+    prep = prepare_run(cfg, data)
     if on_prepared is not None and accelerator.is_main_process:
         on_prepared(prep)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_yaml(cfg, run_dir / "config.yaml")
     max_length = cfg.model.max_length
-    train_features = prep.task.encode(prep.data.train, prep.tokenizer, max_length)
+    train_frame = augment_train(cfg, prep.data.train)
+    train_features = prep.task.encode(train_frame, prep.tokenizer, max_length)
+    doctor = Doctor(cfg.doctor, prep.phases, prep.groups.names, len(prep.data.train), cfg.training)
     eval_features = prep.task.encode(prep.data.eval, prep.tokenizer, max_length)
     trainer = Trainer(prep.model, prep.task, prep.tokenizer, prep.groups, prep.phases, train_features,
-                      eval_features, cfg.training, cfg.seed, run_dir, accelerator, show_progress=show_progress)
+                      eval_features, cfg.training, cfg.seed, run_dir, accelerator, callbacks=(doctor, *callbacks),
+                      show_progress=show_progress)
     state = trainer.train(resume=resume)
     eval_loss, metrics = trainer.evaluate()
+    train_scored, train_metrics = score_train_sample(cfg, prep, trainer)
     metrics_doc = {
         "task": prep.task.name, "model": cfg.model.name, "strategy": cfg.strategy.name,
         "plan": [p.summary(i) for i, p in enumerate(prep.phases)],
         "train_examples": len(prep.data.train), "eval_examples": len(prep.data.eval),
+        "augmented_train_examples": len(train_frame),
         "labels": prep.data.labels, "eval_loss": eval_loss, "eval": metrics,
         "train_time_s": round(state.train_time_s, 2),
         "train_samples_per_s": round(state.samples / max(state.train_time_s, 1e-9), 2),
         "steps": state.global_step, "best_step": state.best_step, "stopped_early": state.stopped_early,
         "precision": str(trainer.amp_dtype or "fp32").replace("torch.", ""),
         "seed": cfg.seed, "versions": versions(), "state": asdict(state),
+        "train_subset": {"examples": train_scored,
+                         **{k: v for k, v in train_metrics.items() if isinstance(v, int | float)}},
+        "warnings": doctor.finish(trainer.history, train_metrics, metrics, trainer.metric),
     }
     if accelerator.is_main_process:
         save_model(prep, run_dir / "model")
@@ -112,6 +158,16 @@ def train_run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, sho
         write_report(run_dir)
     accelerator.wait_for_everyone()
     return metrics_doc
+
+
+def score_train_sample(cfg: RunConfig, prep: PreparedRun, trainer: Trainer) -> tuple[int, dict]:
+    """(examples, metrics) on a reproducible sample of the unaugmented training data, for the train-eval gap."""
+    n = cfg.doctor.train_eval_examples if cfg.doctor.enabled else 0
+    if not n:
+        return 0, {}
+    train = prep.data.train
+    sample = train if len(train) <= n else train.sample(n=n, random_state=cfg.seed)
+    return len(sample), trainer.evaluate(prep.task.encode(sample, prep.tokenizer, cfg.model.max_length))[1]
 
 
 def save_model(prep: PreparedRun, model_dir: Path) -> None:

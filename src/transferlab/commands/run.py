@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 from typing import Annotated
@@ -32,7 +33,7 @@ FLAG_FIELDS = {
     "strategy": "strategy.name", "lr": "strategy.lr", "head_lr": "strategy.head_lr",
     "epochs": "training.epochs", "batch_size": "training.batch_size", "max_length": "model.max_length",
     "pooling": "model.pooling", "eval_every": "training.eval_every", "patience": "training.early_stopping_patience",
-    "seed": "seed", "name": "name", "output": "output_dir",
+    "seed": "seed", "name": "name", "output": "output_dir", "crf": "ner.crf", "task": "task",
 }
 
 Opt = Annotated
@@ -50,19 +51,25 @@ def resolve_config(config: Path | None, flags: dict, overrides: list[str], base:
 
 
 def _train_and_show(cfg: RunConfig, resume: bool, overwrite: bool) -> dict:
+    from accelerate import PartialState
+
+    from transferlab.commands.lab import print_warnings
     from transferlab.run import train_run
 
     def show_plan(prep) -> None:
         d = prep.data
         console.print(f"[bold]{cfg.model.name}[/] on [bold]{cfg.data.train}[/]: {len(d.train):,} train / "
-                      f"{len(d.eval):,} eval examples, labels {', '.join(d.labels)}")
+                      f"{len(d.eval):,} eval examples" + (f", labels {', '.join(d.labels)}" if d.labels else ""))
         console.print(plan_table(prep.phases, f"plan: {cfg.strategy.name}"))
 
     doc = train_run(cfg, resume=resume, overwrite=overwrite, on_prepared=show_plan)
+    if not PartialState().is_main_process:  # the other processes of `accelerate launch` stay quiet
+        return doc
     console.print(metrics_table(doc["eval"]))
     console.print(f"trained {doc['steps']} steps in {doc['train_time_s']:.1f}s "
                   f"({doc['train_samples_per_s']:.1f} samples/s, {doc['precision']}); "
                   f"run saved to [bold]{cfg.run_dir}[/] (model in {cfg.run_dir / 'model'})")
+    print_warnings(doc.get("warnings", []))
     return doc
 
 
@@ -84,6 +91,8 @@ def train(
     batch_size: Opt[int | None, typer.Option()] = None,
     max_length: Opt[int | None, typer.Option()] = None,
     pooling: Opt[str | None, typer.Option(help="mean | cls | pooler | max (default: the backbone's own)")] = None,
+    task: Opt[str | None, typer.Option(help="classification | tokens | qa | pairs | text2text")] = None,
+    crf: Opt[bool | None, typer.Option("--crf/--no-crf", help="tokens: a CRF layer with BIO constraints")] = None,
     eval_every: Opt[int | None, typer.Option(help="evaluate every N steps (and each epoch)")] = None,
     patience: Opt[int | None, typer.Option(help="early stopping: evaluations without improvement")] = None,
     seed: Opt[int | None, typer.Option()] = None,
@@ -92,6 +101,8 @@ def train(
     set_: Opt[list[str] | None, typer.Option("--set", help="any config field: --set training.warmup=0.1")] = None,
     resume: Opt[bool, typer.Option(help="continue the run --name from its last checkpoint")] = False,
     overwrite: Opt[bool, typer.Option(help="replace an existing run of the same name")] = False,
+    folds: Opt[int | None, typer.Option(help="stratified k-fold cross-validation: one run per fold, mean ± std "
+                                             "per metric (cv.json)")] = None,
 ) -> None:
     """Fine-tune a pretrained model on labelled data with a transfer-learning strategy."""
     flags = {k: v for k, v in locals().items() if k in FLAG_FIELDS}
@@ -103,6 +114,11 @@ def train(
         cfg = resolve_config(run_dir / "config.yaml", {}, [])
     else:
         cfg = resolve_config(config, flags, set_ or [])
+    if folds is not None:
+        from transferlab.commands.lab import cross_validate_and_show
+
+        cross_validate_and_show(cfg, folds, overwrite)
+        return
     _train_and_show(cfg, resume, overwrite)
 
 
@@ -124,22 +140,28 @@ def demo(
 
 
 def plan(
-    strategy: Opt[str, typer.Option(help="strategy to compile")] = "freeze-attention",
-    model: Opt[str, typer.Option(help="'minilm' or a local HF model directory")] = "minilm",
-    lr: Opt[float | None, typer.Option()] = None,
-    epochs: Opt[float, typer.Option()] = 3,
+    strategy: Opt[str | None, typer.Option(help="progressive[:DEPTH] | gradual[:DEPTH] | llrd[:DECAY|fastai] | "
+                                           "full | feature-extraction | freeze-bottom:N | freeze-attention | custom")]
+    = None,
+    model: Opt[str | None, typer.Option(help="'minilm' or a local HF model directory")] = None,
+    config: Opt[Path | None, typer.Option(help="YAML run config (e.g. a custom plan in strategy.phases)")] = None,
+    lr: Opt[float | None, typer.Option(help="base learning rate (default: the strategy's)")] = None,
+    head_lr: Opt[float | None, typer.Option()] = None,
+    epochs: Opt[float | None, typer.Option(help="total epochs (multi-phase plans split them)")] = None,
+    set_: Opt[list[str] | None, typer.Option("--set", help="any config field: --set strategy.decay=0.9")] = None,
 ) -> None:
     """Print the plan a strategy compiles to (what learns, when, at what lr), without training."""
-    from transferlab.config import ModelConfig
-    from transferlab.models.backbone import resolve_model_dir
-    from transferlab.models.groups import layer_groups
-    from transferlab.strategies.named import StrategyOptions, build_plan
-    from transferlab.tasks.classification import ClassificationTask
+    from transferlab.run import prepare_run
+    from transferlab.training.feature_cache import cache_point
 
-    task_model = ClassificationTask(["negative", "positive"]).build_model(resolve_model_dir(model), ModelConfig())
-    groups = layer_groups(task_model)
-    phases = build_plan(strategy, groups, StrategyOptions(lr=lr, epochs=epochs)).resolve(groups)
-    console.print(plan_table(phases, f"plan: {strategy} on {model}"))
+    flags = {"strategy": strategy, "model": model, "lr": lr, "head_lr": head_lr, "epochs": epochs}
+    cfg = resolve_config(config, flags, set_ or [])
+    prep = prepare_run(cfg)
+    console.print(plan_table(prep.phases, f"plan: {cfg.strategy.name} on {cfg.model.name}"))
+    for i, phase in enumerate(prep.phases):
+        point = cache_point(prep.model, prep.groups, phase.lrs) if cfg.training.feature_cache else None
+        if point is not None:
+            console.print(f"phase {i + 1}: frozen-feature cache: {point.describe()}, computed once")
 
 
 def evaluate(
@@ -148,8 +170,31 @@ def evaluate(
     text_column: Opt[str, typer.Option()] = "text",
     label_column: Opt[str, typer.Option()] = "label",
     output: Opt[Path | None, typer.Option(help="write metrics JSON here")] = None,
+    tokens_column: Opt[str, typer.Option(help="NER models, JSONL data: the token-list column")] = "tokens",
+    tags_column: Opt[str, typer.Option(help="NER models, JSONL data: the tag-list column")] = "tags",
 ) -> None:
-    """Evaluate a trained model on labelled data."""
+    """Evaluate a trained model on labelled data (NER: CoNLL/JSONL tagged sentences; QA: SQuAD JSON; pairs and
+    text2text: files with the columns their run was trained on)."""
+    from transferlab.deploy.predictor import model_dir_of
+    from transferlab.tasks import saved_task
+
+    model_dir = model_dir_of(run)
+    kind = saved_task(model_dir)
+    if kind in ("tokens", "qa", "pairs", "text2text"):
+        if kind in ("pairs", "text2text"):  # the file's columns as the model's run config names them
+            metrics = importlib.import_module(f"transferlab.tasks.{kind}").evaluate_file(model_dir, data)
+        elif kind == "tokens":
+            from transferlab.tasks.tokens import EntityPredictor
+
+            metrics = EntityPredictor(model_dir).evaluate(data, tokens_column, tags_column)
+        else:
+            from transferlab.tasks.qa import QaPredictor
+
+            metrics = QaPredictor(model_dir).evaluate(data)
+        console.print(metrics_table(metrics, f"metrics on {data}"))
+        if output:
+            output.write_text(json.dumps(metrics, indent=2))
+        return
     from transferlab.data.sources import check_eval_labels, load_labelled
     from transferlab.evaluation.metrics import classification_metrics
 
@@ -173,10 +218,28 @@ def predict(
     input: Opt[Path | None, typer.Option("--input", help="file of texts (CSV/JSONL/Parquet)")] = None,
     text_column: Opt[str, typer.Option()] = "text",
     output: Opt[Path | None, typer.Option(help="write predictions to .csv or .jsonl")] = None,
+    question: Opt[list[str] | None, typer.Option(help="QA models: a question about --context (repeatable)")] = None,
+    context: Opt[str | None, typer.Option(help="QA models: the text the answers are taken from")] = None,
 ) -> None:
-    """Predict labels for texts given as arguments or in a file."""
+    """Predict labels for texts given as arguments or in a file (pairs: scores or labels; text2text: generated
+    text; NER: entity spans; QA: the answer to --question in --context, or question/context columns of --input)."""
     from transferlab.data.sources import load_table
+    from transferlab.deploy.predictor import model_dir_of
+    from transferlab.tasks import require_saved_task, saved_task
 
+    kind = saved_task(model_dir_of(run))
+    if question or context is not None or kind == "qa":
+        require_saved_task(model_dir_of(run), "qa", "predict --question/--context")
+        from transferlab.tasks.qa import answer_line, predict_rows
+
+        questions, contexts = _questions(question, context, input)
+        _write_rows(predict_rows(model_dir_of(run), questions, contexts), output, answer_line)
+        return
+    if kind == "pairs":  # pairs come from two columns, or the texts two by two
+        from transferlab.tasks.pairs import predict_rows
+
+        _write_rows(predict_rows(run, texts, input), output, _tab_separated)
+        return
     if input is not None:
         frame = load_table(input)
         if text_column not in frame:
@@ -185,11 +248,47 @@ def predict(
         texts = frame[text_column].fillna("").astype(str).tolist()
     if not texts:
         raise UserError("predict: no texts given.", "Pass texts as arguments or a file with --input.")
+    if kind == "text2text":
+        from transferlab.tasks.text2text import predict_rows
+
+        _write_rows(predict_rows(run, texts), output, _tab_separated)
+        return
+    if kind == "tokens":
+        from transferlab.tasks.tokens import entity_line, predict_rows
+
+        _write_rows(predict_rows(model_dir_of(run), texts), output, entity_line)
+        return
     preds = Predictor(run).predict(texts)
     rows = [{"text": t, "label": p["label"], "score": round(p["score"], 6)} for t, p in zip(texts, preds, strict=True)]
+    _write_rows(rows, output, lambda row: f"{row['label']}\t{row['score']:.4f}\t{row['text']}")
+
+
+def _questions(questions: list[str] | None, context: str | None, input: Path | None) -> tuple[list[str], list[str]]:
+    """(questions, contexts) for a QA model: --question(s) about one --context, or the columns of --input."""
+    from transferlab.data.sources import load_table
+
+    if input is not None:
+        frame = load_table(input)
+        missing = [column for column in ("question", "context") if column not in frame]
+        if missing:
+            raise UserError(f"{input}: no column {missing[0]!r} (columns: {', '.join(map(str, frame.columns))}).",
+                            "A QA model reads its questions from the columns question and context.")
+        return frame["question"].fillna("").tolist(), frame["context"].fillna("").tolist()
+    if not questions or context is None:
+        raise UserError("predict: a QA model needs --question and --context (or --input with question and "
+                        "context columns).", 'Pass e.g. --question "Who directed it?" --context "..."')
+    return list(questions), [context] * len(questions)
+
+
+def _tab_separated(row: dict) -> str:
+    return "\t".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row.values())
+
+
+def _write_rows(rows: list[dict], output: Path | None, line) -> None:
+    """Print each prediction row as `line(row)`, or write the rows to a .csv / .jsonl file."""
     if output is None:
         for row in rows:
-            console.print(f"{row['label']}\t{row['score']:.4f}\t{row['text']}", highlight=False)
+            console.print(line(row), highlight=False)
     elif output.suffix == ".csv":
         pd.DataFrame(rows).to_csv(output, index=False)
     elif output.suffix in (".jsonl", ".json"):

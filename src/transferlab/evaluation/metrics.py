@@ -1,4 +1,5 @@
-"""Task metrics as plain, JSON-serialisable dicts: classification (scikit-learn) and regression (scipy)."""
+"""Task metrics as plain, JSON-serialisable dicts: classification (scikit-learn), regression (scipy) and
+generation (rouge-score, sacrebleu)."""
 
 from __future__ import annotations
 
@@ -95,3 +96,19 @@ def regression_metrics(targets: Sequence[float], predictions: Sequence[float]) -
         "pearson": _finite_or_none(pearson),
         "spearman": _finite_or_none(spearman),
     }
+
+
+def generation_metrics(predictions: Sequence[str], references: Sequence[str]) -> dict:
+    """ROUGE-1/2/L F1 (rouge-score, stemmed, 0-1), corpus BLEU (sacrebleu, 0-100) and mean generated words."""
+    import sacrebleu
+    from rouge_score import rouge_scorer
+
+    if len(predictions) != len(references) or not predictions:
+        raise ValueError(f"need one prediction per reference, got {len(predictions)} and {len(references)}")
+    kinds = ("rouge1", "rouge2", "rougeL")
+    scorer = rouge_scorer.RougeScorer(list(kinds), use_stemmer=True)
+    scores = [scorer.score(ref, pred) for ref, pred in zip(references, predictions, strict=True)]
+    result = {kind: float(np.mean([s[kind].fmeasure for s in scores])) for kind in kinds}
+    result["bleu"] = float(sacrebleu.corpus_bleu(list(predictions), [list(references)]).score)
+    result["generated_words"] = float(np.mean([len(p.split()) for p in predictions]))
+    return result

@@ -18,7 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from transferlab.evaluation.metrics import headline_metric, is_number
-from transferlab.models.groups import _sort_key
+from transferlab.models.groups import group_sort_key
 
 MAX_LEGEND = 12
 # Past this many classes the per-cell counts of a confusion matrix are unreadable: colour only.
@@ -39,7 +39,7 @@ def _group_order(names: Iterable[str]) -> list[str]:
     """Group names bottom (embeddings) to top (head); unknown names keep their order, after the known ones."""
     def key(name: str) -> tuple:
         try:
-            return (0, *_sort_key(name))
+            return (0, *group_sort_key(name))
         except (KeyError, ValueError, IndexError):
             return (1,)
     return sorted(dict.fromkeys(names), key=key)
@@ -138,7 +138,8 @@ def _confusion_figure(matrix: Sequence[Sequence[int]], label_names: Sequence[str
     image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(image, ax=ax, label="share of the true class", shrink=0.8)
     names = [_text(name) for name in label_names]
-    ax.set_xticks(range(n), names, rotation=45 if n > 3 else 0, ha="right" if n > 3 else "center")
+    crowded = n > 3 or max(map(len, names)) > 8  # slant the column labels so that they do not overlap
+    ax.set_xticks(range(n), names, rotation=45 if crowded else 0, ha="right" if crowded else "center")
     ax.set_yticks(range(n), names)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")

@@ -23,7 +23,7 @@ PLOT_TITLES = {
     "grad_norms": "Gradient norm per group",
     "weight_change": "Relative weight change per group",
 }
-# metrics.json keys that have their own section; any other key is listed under "Other".
+# metrics.json keys that have their own place; other scalars join the overview, other nested values "Other".
 _RENDERED_KEYS = {"task", "model", "strategy", "plan", "eval", "train_time_s", "warnings", "seed", "versions"}
 
 
@@ -121,7 +121,7 @@ def _fmt(value: object) -> str:
         return "—"
     if isinstance(value, float):
         return f"{value:.4g}"
-    if isinstance(value, Mapping | list | tuple):
+    if _is_nested(value):
         return json.dumps(value, default=str)
     return str(value)
 
@@ -175,18 +175,27 @@ def _read_metrics(path: Path) -> dict:
     return data
 
 
+def _is_nested(value: object) -> bool:
+    return isinstance(value, Mapping | list | tuple)
+
+
 def _overview(metrics: Mapping, evals: Mapping) -> Section:
+    """Task, model, strategy, seed, time, the eval metrics, then any other scalar of metrics.json."""
     facts = [(label, _fmt(metrics[key])) for key, label in
              (("task", "Task"), ("model", "Model"), ("strategy", "Strategy"), ("seed", "Seed"))
              if key in metrics]
     if is_number(metrics.get("train_time_s")):
         facts.append(("Train time", f"{metrics['train_time_s']:.1f} s"))
-    facts += [(name, _fmt(value)) for name, value in evals.items() if not isinstance(value, Mapping | list)]
+    facts += [(f"eval {name}", _fmt(value)) for name, value in evals.items() if not _is_nested(value)]
+    facts += [(key, _fmt(value)) for key, value in metrics.items()
+              if key not in _RENDERED_KEYS and not _is_nested(value)]
     return Section("Overview", "facts", facts)
 
 
 def _plan_table(plan: Sequence[Mapping]) -> Table:
     """One row per phase; the learning-rate cell lists the groups that share each rate (absent = frozen)."""
+    named = any(phase.get("name") for phase in plan)
+    scheduled = any(phase.get("schedule") for phase in plan)
     rows = []
     for phase in plan:
         by_lr: dict[object, list[str]] = {}
@@ -195,10 +204,15 @@ def _plan_table(plan: Sequence[Mapping]) -> Table:
                 by_lr.setdefault(lr, []).append(group)
         rates = "\n".join(f"{_fmt(lr)}: {', '.join(groups)}" for lr, groups in by_lr.items())
         params, ratio = phase.get("trainable_params"), phase.get("trainable_ratio")
-        rows.append([Cell(_fmt(phase.get("phase"))), Cell(_fmt(phase.get("epochs"))),
-                     Cell(f"{params:,}" if is_number(params) else _fmt(params)),
-                     Cell(f"{ratio:.2%}" if is_number(ratio) else _fmt(ratio)), Cell(rates or "—")])
-    return Table(["Phase", "Epochs", "Trainable params", "Trainable ratio", "Learning rate: groups"], rows)
+        warmup = f", warmup {_fmt(phase['warmup'])}" if phase.get("warmup") else ""
+        cells = [_fmt(phase.get("phase")), *([_fmt(phase.get("name"))] if named else []),
+                 _fmt(phase.get("epochs")), *([_fmt(phase.get("schedule")) + warmup] if scheduled else []),
+                 f"{params:,}" if is_number(params) else _fmt(params),
+                 f"{ratio * 100:.3g}%" if is_number(ratio) else _fmt(ratio), rates or "—"]
+        rows.append([Cell(text) for text in cells])
+    header = ["Phase", *(["Name"] if named else []), "Epochs", *(["Schedule"] if scheduled else []),
+              "Trainable params", "Trainable ratio", "Learning rate: groups"]
+    return Table(header, rows)
 
 
 def _metric_tables(evals: Mapping) -> list[Table]:
@@ -217,7 +231,7 @@ def _metric_tables(evals: Mapping) -> list[Table]:
             rows = [[Cell(label), *(Cell(_fmt(v)) for v in row)]
                     for label, row in zip(names, value, strict=False)]
             tables.append(Table(["true \\ predicted", *names], rows, title="confusion matrix (rows = true)"))
-        elif isinstance(value, Mapping | list):
+        elif _is_nested(value):
             tables.append(Table(["Value"], [[Cell(_fmt(value))]], title=name))
     return tables
 
@@ -271,7 +285,7 @@ def write_report(run_dir: Path) -> Path:
     if tables := _metric_tables(evals):
         page.sections.append(Section("Evaluation details", "tables", tables))
     summary = _history_summary(read_history(run_dir / "history.jsonl"), evals)
-    images = _images(sorted((run_dir / "plots").glob("*.png")))
+    images = _images(list((run_dir / "plots").glob("*.png")))
     page.sections += [s for s in (summary, images) if s is not None]
     config = run_dir / "config.yaml"
     if config.is_file():
@@ -281,7 +295,7 @@ def write_report(run_dir: Path) -> Path:
         versions = metrics["versions"]
         facts = list(versions.items()) if isinstance(versions, Mapping) else [("versions", versions)]
         page.sections.append(Section("Versions", "facts", [(str(k), _fmt(v)) for k, v in facts], folded=True))
-    other = [(key, _fmt(value)) for key, value in metrics.items() if key not in _RENDERED_KEYS]
+    other = [(key, _fmt(value)) for key, value in metrics.items() if key not in _RENDERED_KEYS and _is_nested(value)]
     if other:
         page.sections.append(Section("Other", "facts", other, folded=True))
     return _render(page, run_dir / "report.html")

@@ -65,7 +65,7 @@ def default_pooling(model_dir: Path) -> str:
 def load_tokenizer(model_dir: Path) -> PreTrainedTokenizerBase:
     """The backbone's fast tokenizer, from disk only."""
     try:
-        return AutoTokenizer.from_pretrained(str(model_dir))
+        return AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=False)  # never prompt: no code runs
     except (OSError, ValueError) as err:
         raise UserError(f"Could not load a tokenizer from '{model_dir}': {err}.",
                         "The model directory must contain tokenizer files (tokenizer.json or vocab).") from err
@@ -93,3 +93,13 @@ def build_task_model(model_dir: Path, model_class, **config_fields):
         raise UserError(f"The weights in '{model_dir}' do not fit a {pretrained.config.model_type} backbone: "
                         f"missing {', '.join(missing[:5])}.", "Use a complete Hugging Face encoder directory.")
     return model
+
+
+def randomize_backbone(model) -> None:
+    """Replace a task model's pretrained backbone weights with a fresh random init of the same architecture.
+
+    The from-scratch baseline of `compare --init random`: same shapes and head, none of the transferred knowledge.
+    """
+    from transferlab.models.modeling_transferlab import build_backbone
+
+    model.backbone.load_state_dict(build_backbone(model.config).state_dict())

@@ -7,10 +7,16 @@ trust_remote_code=True)` and `transformers.pipeline(..., trust_remote_code=True)
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
-from transformers.modeling_outputs import SequenceClassifierOutput
+from transformers.modeling_outputs import (
+    QuestionAnsweringModelOutput,
+    SequenceClassifierOutput,
+    TokenClassifierOutput,
+)
 
 POOLINGS = ("mean", "cls", "pooler", "max")
 ACTIVATIONS = {"tanh": nn.Tanh, "gelu": nn.GELU, "relu": nn.ReLU, "identity": nn.Identity}
@@ -46,7 +52,8 @@ class TransferlabConfig(PretrainedConfig):
 
     @property
     def hidden_size(self) -> int:
-        return self.backbone.get("hidden_size") or self.backbone.get("d_model") or self.backbone["dim"]
+        # each config class maps its own field (d_model, dim, n_embd, ...) to hidden_size
+        return self.backbone_config().hidden_size
 
 
 def build_backbone(config: TransferlabConfig) -> nn.Module:
@@ -60,7 +67,41 @@ def build_backbone(config: TransferlabConfig) -> nn.Module:
     if config.pooling != "pooler" and getattr(backbone, "pooler", None) is not None:
         # an unused pooler would get no gradient: drop it (DDP needs every trainable parameter used)
         backbone.pooler = None
+    if getattr(config, "pruned_heads", None):  # written by `transferlab prune --method heads`
+        head_size = bb_config.hidden_size // bb_config.num_attention_heads
+        remove_attention_heads(backbone, config.pruned_heads, head_size)
     return backbone
+
+
+def _select_features(linear: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear:
+    """A Linear keeping only the output (dim 0) or input (dim 1) features listed in `index`."""
+    weight = linear.weight.index_select(dim, index)
+    new = nn.Linear(weight.shape[1], weight.shape[0], bias=linear.bias is not None, device=weight.device,
+                    dtype=weight.dtype)
+    with torch.no_grad():
+        new.weight.copy_(weight)
+        if linear.bias is not None:
+            new.bias.copy_(linear.bias if dim == 1 else linear.bias.index_select(0, index))
+    return new
+
+
+def remove_attention_heads(backbone: nn.Module, heads: dict, head_size: int,
+                           present: list[list[int]] | None = None) -> None:
+    """Slice attention heads out of a BERT-like backbone: {layer: [original head indices]}.
+
+    `present` lists the original indices of the heads each layer still has (default: all of them)."""
+    for layer, drop in heads.items():
+        attention = backbone.encoder.layer[int(layer)].attention
+        have = present[int(layer)] if present else range(attention.self.query.out_features // head_size)
+        keep = [pos for pos, head in enumerate(have) if head not in set(drop)]
+        index = torch.cat([torch.arange(p * head_size, (p + 1) * head_size) for p in keep])
+        index = index.to(attention.self.query.weight.device)
+        for name in ("query", "key", "value"):
+            setattr(attention.self, name, _select_features(getattr(attention.self, name), index, dim=0))
+        attention.output.dense = _select_features(attention.output.dense, index, dim=1)
+        # the forward pass infers the head count from the tensor shapes; keep the attributes truthful anyway
+        attention.self.num_attention_heads = len(keep)
+        attention.self.all_head_size = len(keep) * head_size
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str) -> torch.Tensor:
@@ -83,6 +124,8 @@ class TransferlabPreTrainedModel(PreTrainedModel):
             module.weight.data.normal_(0.0, 0.02)
             if module.bias is not None:
                 module.bias.data.zero_()
+        elif isinstance(module, CRF):
+            module.reset_parameters()
         elif hasattr(self.backbone, "_init_weights"):
             self.backbone._init_weights(module)
 
@@ -147,5 +190,199 @@ class TransferlabForSequenceClassification(TransferlabPreTrainedModel):
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
 
+def token_states(backbone: nn.Module, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
+    """The backbone's last hidden states (batch, seq, hidden)."""
+    kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if token_type_ids is not None:
+        kwargs["token_type_ids"] = token_type_ids
+    return backbone(**kwargs).last_hidden_state
+
+
+def bio_moves(labels: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Allowed BIO moves: `moves[i, j]` (tag i then tag j) and `starts[j]`; I-X only continues B-X or I-X."""
+
+    def entity(tag: str) -> str | None:
+        return tag[2:] if tag[:2] in ("B-", "I-") else None
+
+    starts = torch.tensor([not tag.startswith("I-") for tag in labels])
+    moves = torch.tensor([[not after.startswith("I-") or entity(before) == entity(after) for after in labels]
+                          for before in labels])
+    return moves, starts
+
+
+class CRF(nn.Module):
+    """Linear-chain CRF over tag sequences; moves that break BIO (O -> I-X, B-X -> I-Y) score -10,000.
+
+    Sequences are left-aligned: `mask[b, :n_b]` marks the n_b >= 1 tagged positions of row b.
+    """
+
+    FORBIDDEN = -1e4
+
+    def __init__(self, labels: list[str]):
+        super().__init__()
+        self.labels = list(labels)
+        self.transitions = nn.Parameter(torch.zeros(len(labels), len(labels)))
+        self.start_transitions = nn.Parameter(torch.zeros(len(labels)))
+        self.end_transitions = nn.Parameter(torch.zeros(len(labels)))
+        # penalties derive from the labels, not from training: plain tensors per device, never saved
+        self._penalties: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def reset_parameters(self) -> None:
+        for param in (self.transitions, self.start_transitions, self.end_transitions):
+            nn.init.zeros_(param)
+
+    def potentials(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Transition, start and end scores with the forbidden moves penalised."""
+        device = self.transitions.device
+        if device not in self._penalties:
+            moves, starts = bio_moves(self.labels)
+            self._penalties[device] = ((~moves).float().to(device) * self.FORBIDDEN,
+                                       (~starts).float().to(device) * self.FORBIDDEN)
+        moves, starts = self._penalties[device]
+        return self.transitions + moves, self.start_transitions + starts, self.end_transitions
+
+    def log_likelihood(self, emissions: torch.Tensor, tags: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """log p(tags | emissions) of each row: emissions (B, T, K), tags and mask (B, T)."""
+        trans, start, end = self.potentials()
+        mask = mask.bool()
+        tags = tags.masked_fill(~mask, 0)
+        weight = mask.to(emissions.dtype)
+        last = tags.gather(1, (mask.sum(1) - 1).unsqueeze(1)).squeeze(1)
+        gold = (start[tags[:, 0]] + end[last] + (emissions.gather(2, tags.unsqueeze(2)).squeeze(2) * weight).sum(1)
+                + (trans[tags[:, :-1], tags[:, 1:]] * weight[:, 1:]).sum(1))
+        alpha = start + emissions[:, 0]
+        for t in range(1, emissions.size(1)):
+            step = torch.logsumexp(alpha.unsqueeze(2) + trans + emissions[:, t].unsqueeze(1), dim=1)
+            alpha = torch.where(mask[:, t, None], step, alpha)
+        return gold - torch.logsumexp(alpha + end, dim=1)
+
+    def decode(self, emissions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The Viterbi (highest-scoring) tag sequence of each row, -100 beyond its length: (B, T)."""
+        trans, start, end = self.potentials()
+        mask = mask.bool()
+        lengths = mask.sum(1)
+        score = start + emissions[:, 0]
+        back = []
+        for t in range(1, emissions.size(1)):
+            best, prev = (score.unsqueeze(2) + trans).max(dim=1)
+            score = torch.where(mask[:, t, None], best + emissions[:, t], score)
+            back.append(prev)
+        best_last = (score + end).argmax(dim=1)
+        paths = torch.full_like(mask, -100, dtype=torch.long)
+        current = best_last
+        for t in range(emissions.size(1) - 1, -1, -1):
+            current = torch.where(lengths - 1 == t, best_last, current)
+            inside = t < lengths
+            paths[:, t] = torch.where(inside, current, -100)
+            if t > 0:
+                current = torch.where(inside, back[t - 1].gather(1, current.unsqueeze(1)).squeeze(1), current)
+        return paths
+
+
+def left_align(values: torch.Tensor, tagged: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The tagged positions of each row moved to the front: (values, positions, mask), each (B, T[, K])."""
+    counts = tagged.sum(1)
+    width = max(int(counts.max()), 1)
+    positions = torch.argsort((~tagged).int(), dim=1, stable=True)[:, :width]
+    mask = torch.arange(width, device=tagged.device).unsqueeze(0) < counts.unsqueeze(1)
+    return values.gather(1, positions.unsqueeze(-1).expand(-1, -1, values.size(-1))), positions, mask
+
+
+@dataclass
+class TaggerOutput(TokenClassifierOutput):
+    """Token-classifier output plus `predictions`: decoded tag ids (-100 where untagged), in eval mode."""
+
+    predictions: torch.LongTensor | None = None
+
+
+class TransferlabForTokenClassification(TransferlabPreTrainedModel):
+    """A tag per token; with `config.crf`, a CRF with BIO constraints trains on and Viterbi-decodes whole sequences.
+
+    `tag_mask` marks the positions that carry a tag (e.g. the first sub-token of each word); without it, the
+    positions with a label are tagged in training, every attended position otherwise.
+    """
+
+    def __init__(self, config: TransferlabConfig):
+        super().__init__(config)
+        self.backbone = build_backbone(config)
+        self.dropout = nn.Dropout(config.head_dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        labels = [config.id2label[i] for i in range(config.num_labels)]
+        self.crf = CRF(labels) if getattr(config, "crf", False) else None
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        tag_mask: torch.Tensor | None = None,
+        **unused,
+    ) -> TaggerOutput:
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        hidden = token_states(self.backbone, input_ids, attention_mask, token_type_ids)
+        emissions = self.classifier(self.dropout(hidden)).float()
+        if tag_mask is None:
+            tag_mask = labels != -100 if labels is not None else attention_mask
+        tagged = tag_mask.bool()
+        if self.crf is None:
+            loss = None if labels is None else nn.functional.cross_entropy(
+                emissions.flatten(0, 1), labels.masked_fill(~tagged, -100).flatten())
+            predictions = None if self.training else emissions.argmax(-1).masked_fill(~tagged, -100)
+        else:
+            loss, predictions = self._crf(emissions, labels, tagged)
+        return TaggerOutput(loss=loss, logits=emissions, predictions=predictions)
+
+    def _crf(self, emissions: torch.Tensor, labels: torch.Tensor | None, tagged: torch.Tensor):
+        """CRF loss (mean negative log-likelihood per tag) and, in eval mode, the Viterbi paths."""
+        rows = tagged.any(dim=1)
+        if not rows.any():
+            predictions = None if self.training else torch.full_like(tagged, -100, dtype=torch.long)
+            return (None if labels is None else emissions.sum() * 0), predictions
+        scores, positions, mask = left_align(emissions[rows], tagged[rows])
+        loss = None
+        if labels is not None:
+            tags = labels[rows].gather(1, positions).clamp(min=0)
+            loss = -self.crf.log_likelihood(scores, tags, mask).sum() / mask.sum()
+        if self.training:
+            return loss, None
+        predictions = torch.full_like(tagged, -100, dtype=torch.long)
+        predictions[rows] = predictions[rows].scatter(1, positions, self.crf.decode(scores, mask))
+        return loss, predictions
+
+
+class TransferlabForQuestionAnswering(TransferlabPreTrainedModel):
+    """Extractive question answering: start and end logits of the answer span over the tokens."""
+
+    def __init__(self, config: TransferlabConfig):
+        super().__init__(config)
+        self.backbone = build_backbone(config)
+        self.qa_outputs = nn.Linear(config.hidden_size, 2)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        start_positions: torch.Tensor | None = None,
+        end_positions: torch.Tensor | None = None,
+        **unused,
+    ) -> QuestionAnsweringModelOutput:
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        hidden = token_states(self.backbone, input_ids, attention_mask, token_type_ids)
+        start_logits, end_logits = self.qa_outputs(hidden).float().unbind(dim=-1)
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            loss = (nn.functional.cross_entropy(start_logits, start_positions)
+                    + nn.functional.cross_entropy(end_logits, end_positions)) / 2
+        return QuestionAnsweringModelOutput(loss=loss, start_logits=start_logits, end_logits=end_logits)
+
+
 TransferlabConfig.register_for_auto_class()
 TransferlabForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
+TransferlabForTokenClassification.register_for_auto_class("AutoModelForTokenClassification")
+TransferlabForQuestionAnswering.register_for_auto_class("AutoModelForQuestionAnswering")

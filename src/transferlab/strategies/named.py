@@ -1,14 +1,22 @@
-"""The named strategies, each compiled to a Plan over a model's layer groups."""
+"""The named strategies, each compiled to a Plan over a model's layer groups.
+
+A strategy name may carry one argument after a colon: `freeze-bottom:4`, `progressive:3` (depth),
+`gradual:2`, `llrd:0.8` or `llrd:fastai` (decay). `custom` takes its phases from the config.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, PositiveFloat
 
+from transferlab.config import RunConfig
 from transferlab.errors import UserError
 from transferlab.models.groups import LayerGroups
 from transferlab.strategies.plan import Phase, Plan
+
+FASTAI_DECAY = 1 / 2.6  # fastai / ULMFiT: each layer group down gets the lr divided by 2.6
+DECAY_PRESETS = {"fastai": FASTAI_DECAY}
 
 
 class StrategyOptions(BaseModel):
@@ -16,11 +24,96 @@ class StrategyOptions(BaseModel):
 
     lr: float | None = Field(None, gt=0, description="base lr; None = the strategy's default")
     head_lr: float | None = Field(None, gt=0, description="lr of the new head; None = the strategy's default")
-    epochs: float = Field(3, gt=0)
+    epochs: float = Field(3, gt=0, description="total epochs (multi-phase plans split them evenly)")
     warmup: float = Field(0.06, ge=0, lt=1)
     schedule: str = "linear"
+    decay: float | None = Field(None, gt=0, le=1, description="llrd/gradual: lr factor per layer going down")
+    depth: int | None = Field(None, ge=0, description="progressive/gradual: layers unfrozen from the top")
+    unfreeze_embeddings: bool = Field(False, description="progressive/gradual: a last phase adds the embeddings")
+    epochs_per_phase: list[PositiveFloat] | None = Field(None, description="one value for all, or one per phase")
+    phase_lrs: list[PositiveFloat] | None = Field(None, description="lr of each phase; the last one repeats")
+    phases: list[Phase] | None = Field(None, description="the phases of a custom plan")
 
 
+# ---- stack order ----------------------------------------------------------------------------------
+def _levels(groups: LayerGroups) -> list[list[str]]:
+    """The unfreezable levels of the body, top first: one per encoder layer (decoder layers above them).
+
+    A stack's `last` groups (final norms) ride with its top layer, the pooler with the topmost level."""
+    tops: dict[str, int] = {}
+    for stack, index in (_stack_index(g) for g in groups.names):
+        if stack and index.isdigit():
+            tops[stack] = max(tops.get(stack, 0), int(index))
+    keyed: dict[tuple[bool, int], list[str]] = {}
+    for name in groups.names:
+        stack, index = _stack_index(name)
+        if stack in tops:
+            keyed.setdefault((stack == "decoder", int(index) if index.isdigit() else tops[stack]), []).append(name)
+    levels = [keyed[key] for key in sorted(keyed, reverse=True)]
+    if levels and "pooler" in groups.names:
+        levels[0].append("pooler")
+    return levels
+
+
+def _stack_index(group: str) -> tuple[str | None, str]:
+    """`layer.3.ffn` -> ("layer", "3"); groups outside the layer stacks -> (None, "")."""
+    parts = group.split(".")
+    return (parts[0], parts[1]) if parts[0] in ("layer", "decoder") and len(parts) > 1 else (None, "")
+
+
+def _discriminative(levels: list[list[str]], base: float, decay: float, embeddings: bool,
+                    head_lr: float | None = None) -> dict[str, float]:
+    """lr(level j from the top) = base * decay**j; the head at `head_lr` (default base); embeddings lowest."""
+    lrs = {g: base * decay**j for j, level in enumerate(levels) for g in level}
+    if embeddings:
+        lrs["embeddings"] = base * decay ** len(levels)
+    lrs["head"] = head_lr or base
+    return lrs
+
+
+def _per_phase(values: list[float] | None, n: int, what: str, strategy: str) -> list[float] | None:
+    """Expand a per-phase list: one value for all, or one per phase (a shorter list repeats its last value)."""
+    if values is None:
+        return None
+    if not values or len(values) > n:
+        raise UserError(f"strategy.{what} gives {len(values)} values but '{strategy}' has {n} phases.",
+                        f"Give between 1 and {n} values (a shorter list repeats its last value).")
+    return values + [values[-1]] * (n - len(values))
+
+
+# ---- argument parsing -----------------------------------------------------------------------------
+def _int_arg(strategy: str, arg: str | None, default: int | None) -> int | None:
+    if arg is None:
+        return default
+    try:
+        return int(arg)
+    except ValueError as err:
+        raise UserError(f"Strategy '{strategy}:{arg}': '{arg}' is not a whole number.",
+                        f"Write it as {strategy}:2 (a layer count).") from err
+
+
+def parse_decay(value: str | float, where: str) -> float:
+    """A decay factor in (0, 1], given as a number or a preset name (`fastai` = 1/2.6)."""
+    if isinstance(value, str) and value in DECAY_PRESETS:
+        return DECAY_PRESETS[value]
+    try:
+        decay = float(value)
+    except ValueError as err:
+        raise UserError(f"{where}: decay '{value}' is neither a number nor a preset.",
+                        f"Use a number in (0, 1] or one of: {', '.join(DECAY_PRESETS)}.") from err
+    if not 0 < decay <= 1:
+        raise UserError(f"{where}: decay {decay} is outside (0, 1].",
+                        "Each layer down gets lr * decay, so use e.g. 0.8 (or 'fastai' = 1/2.6).")
+    return decay
+
+
+def _no_arg(strategy: str, arg: str | None) -> None:
+    if arg is not None:
+        raise UserError(f"Strategy '{strategy}' takes no argument (got '{strategy}:{arg}').",
+                        f"Write just '{strategy}'.")
+
+
+# ---- one-phase strategies -------------------------------------------------------------------------
 def _one_phase(name: str, lrs: dict[str, float], opts: StrategyOptions) -> list[Phase]:
     return [Phase(name=name, epochs=opts.epochs, lrs=lrs, warmup=opts.warmup, schedule=opts.schedule)]
 
@@ -31,52 +124,156 @@ def _body_and_head(body: list[str], lr: float, head_lr: float) -> dict[str, floa
     return lrs
 
 
-def full(groups: LayerGroups, opts: StrategyOptions, arg: int | None) -> list[Phase]:
+def full(groups: LayerGroups, opts: StrategyOptions, arg: str | None) -> list[Phase]:
+    _no_arg("full", arg)
     lr = opts.lr or 3e-5
     body = [g for g in groups.names if g != "head"]
     return _one_phase("full", _body_and_head(body, lr, opts.head_lr or lr), opts)
 
 
-def feature_extraction(groups: LayerGroups, opts: StrategyOptions, arg: int | None) -> list[Phase]:
+def feature_extraction(groups: LayerGroups, opts: StrategyOptions, arg: str | None) -> list[Phase]:
+    _no_arg("feature-extraction", arg)
     return _one_phase("head only", {"head": opts.head_lr or opts.lr or 1e-3}, opts)
 
 
-def freeze_bottom(groups: LayerGroups, opts: StrategyOptions, arg: int | None) -> list[Phase]:
-    if arg is None or arg < 0 or arg > groups.num_layers:
+def freeze_bottom(groups: LayerGroups, opts: StrategyOptions, arg: str | None) -> list[Phase]:
+    n = _int_arg("freeze-bottom", arg, None)
+    if n is None or n < 0 or n > groups.num_layers:
         raise UserError(f"freeze-bottom:{arg} asks to freeze {arg} layers but the model has "
                         f"{groups.num_layers} encoder layers.",
                         f"Use freeze-bottom:N with 0 <= N <= {groups.num_layers} (embeddings are always frozen).")
     lr = opts.lr or 5e-5
-    body = [g for g in groups.names if g.startswith("layer.") and int(g.split(".")[1]) >= arg]
-    body += [g for g in groups.names if g == "pooler"]
-    return _one_phase(f"freeze bottom {arg}", _body_and_head(body, lr, opts.head_lr or lr), opts)
+    top = groups.num_layers - 1  # `layer.last.*` (a final norm) rides with the top layer
+    body = [g for g in groups.names if g.startswith("layer.")
+            and (int(g.split(".")[1]) if g.split(".")[1].isdigit() else top) >= n]
+    # an encoder-decoder's decoder layers sit above every encoder layer: they learn
+    body += [g for g in groups.names if g == "pooler" or g.startswith("decoder.")]
+    return _one_phase(f"freeze bottom {n}", _body_and_head(body, lr, opts.head_lr or lr), opts)
 
 
-def freeze_attention(groups: LayerGroups, opts: StrategyOptions, arg: int | None) -> list[Phase]:
+def freeze_attention(groups: LayerGroups, opts: StrategyOptions, arg: str | None) -> list[Phase]:
+    _no_arg("freeze-attention", arg)
     lr = opts.lr or 1e-4
-    body = [g for g in groups.names if g.endswith(".ffn") or g == "pooler"]
+    # a decoder's cross-attention (decoder.i.cross) is its bridge to the encoder, and new in a warm start: it learns
+    body = [g for g in groups.names if g.endswith((".ffn", ".cross")) or g == "pooler"]
     return _one_phase("ffn + head", _body_and_head(body, lr, opts.head_lr or lr), opts)
 
 
-STRATEGIES: dict[str, Callable[[LayerGroups, StrategyOptions, int | None], list[Phase]]] = {
+def llrd(groups: LayerGroups, opts: StrategyOptions, arg: str | None) -> list[Phase]:
+    """Layer-wise lr decay: one phase, every group learns, each layer down at `decay` times the lr above."""
+    decay = parse_decay(arg, f"Strategy 'llrd:{arg}'") if arg is not None else opts.decay or 0.8
+    # a model whose embedding matrix is its output layer (tied T5) has it in the head, no embeddings group
+    lrs = _discriminative(_levels(groups), opts.lr or 1e-4, decay, embeddings="embeddings" in groups.names,
+                          head_lr=opts.head_lr)
+    return _one_phase(f"llrd x{decay:.3g}", lrs, opts)
+
+
+# ---- multi-phase strategies -----------------------------------------------------------------------
+def _unfreezing(groups: LayerGroups, opts: StrategyOptions, arg: str | None, strategy: str,
+                decay: float | None) -> list[Phase]:
+    """Phase 1 trains the head; each next phase adds the next layer from the top (ULMFiT's gradual unfreezing).
+
+    With `decay`, the layers of a phase learn at discriminative rates below the phase's lr."""
+    levels = _levels(groups)
+    depth = _int_arg(strategy, arg, opts.depth)
+    depth = len(levels) if depth is None else depth
+    if not 0 <= depth <= len(levels):
+        raise UserError(f"Strategy '{strategy}' asks to unfreeze {depth} layers but the model has {len(levels)}.",
+                        f"Use {strategy}:N with 0 <= N <= {len(levels)} (or leave N out for all layers).")
+    if opts.unfreeze_embeddings and depth < len(levels):
+        raise UserError(f"strategy.unfreeze_embeddings with '{strategy}' at depth {depth} would train the "
+                        f"embeddings under {len(levels) - depth} frozen layers.",
+                        "Unfreeze every layer (leave the depth out) or set unfreeze_embeddings: false.")
+    n = 1 + depth + opts.unfreeze_embeddings
+    lrs = _per_phase(opts.phase_lrs, n, "phase_lrs", strategy) or \
+        [opts.head_lr or 1e-3] + [opts.lr or 1e-4] * (n - 1)
+    epochs = _per_phase(opts.epochs_per_phase, n, "epochs_per_phase", strategy) or [round(opts.epochs / n, 4)] * n
+    phases = []
+    for k in range(n):
+        unfrozen = levels[:min(k, depth)]
+        embeddings = k > depth
+        if decay is None:
+            phase_lrs = {g: lrs[k] for level in unfrozen for g in level} | {"head": lrs[k]}
+            if embeddings:
+                phase_lrs["embeddings"] = lrs[k]
+        else:
+            phase_lrs = _discriminative(unfrozen, lrs[k], decay, embeddings)
+        name = "head" if k == 0 else "+ embeddings" if embeddings else f"+ {_level_name(levels[k - 1])}"
+        phases.append(Phase(name=name, epochs=epochs[k], lrs=phase_lrs, warmup=opts.warmup, schedule=opts.schedule))
+    return phases
+
+
+def _level_name(level: list[str]) -> str:
+    return ".".join(level[0].split(".")[:2])
+
+
+def progressive(groups: LayerGroups, opts: StrategyOptions, arg: str | None) -> list[Phase]:
+    """Gradual unfreezing from the top, every learning group of a phase at the phase's lr."""
+    return _unfreezing(groups, opts, arg, "progressive", None)
+
+
+def gradual(groups: LayerGroups, opts: StrategyOptions, arg: str | None) -> list[Phase]:
+    """ULMFiT: gradual unfreezing + discriminative lrs (default decay 1/2.6) within each phase."""
+    return _unfreezing(groups, opts, arg, "gradual", opts.decay or FASTAI_DECAY)
+
+
+def custom(groups: LayerGroups, opts: StrategyOptions, arg: str | None) -> list[Phase]:
+    _no_arg("custom", arg)
+    if opts.phases is None:
+        raise UserError("Strategy 'custom' needs its phases: the config has no strategy.phases.",
+                        "Add strategy.phases: a list of {name, epochs, lrs: {group pattern: lr}} (see the README).")
+    return list(opts.phases)
+
+
+Strategy = Callable[[LayerGroups, StrategyOptions, str | None], list[Phase]]
+STRATEGIES: dict[str, Strategy] = {
     "full": full,
     "feature-extraction": feature_extraction,
     "freeze-bottom": freeze_bottom,
     "freeze-attention": freeze_attention,
+    "progressive": progressive,
+    "llrd": llrd,
+    "discriminative": llrd,
+    "gradual": gradual,
+    "custom": custom,
 }
+USAGE = {"freeze-bottom": "freeze-bottom:N", "progressive": "progressive[:DEPTH]", "gradual": "gradual[:DEPTH]",
+         "llrd": "llrd[:DECAY|fastai]", "discriminative": "discriminative[:DECAY|fastai]",
+         "custom": "custom (phases from the config)"}
+
+
+def strategy_usage() -> str:
+    """`full, feature-extraction, freeze-bottom:N, ...`: every strategy with its argument."""
+    return ", ".join(USAGE.get(name, name) for name in STRATEGIES)
 
 
 def build_plan(strategy: str, groups: LayerGroups, opts: StrategyOptions) -> Plan:
-    """Compile a strategy name such as `freeze-bottom:4` into a Plan for these layer groups."""
-    name, _, raw_arg = strategy.partition(":")
+    """Compile a strategy name such as `freeze-bottom:4` or `llrd:0.8` into a Plan for these layer groups."""
+    name, sep, raw_arg = strategy.partition(":")
     if name not in STRATEGIES:
-        raise UserError(f"Unknown strategy '{strategy}'.", f"Choose one of: {', '.join(STRATEGIES)} "
-                        "(freeze-bottom takes a layer count, e.g. freeze-bottom:4).")
-    arg = None
-    if raw_arg:
-        try:
-            arg = int(raw_arg)
-        except ValueError as err:
-            raise UserError(f"Strategy '{strategy}': '{raw_arg}' is not a whole number.",
-                            "Write it as freeze-bottom:4.") from err
-    return Plan(strategy, STRATEGIES[name](groups, opts, arg))
+        raise UserError(f"Unknown strategy '{strategy}'.", f"Choose one of: {strategy_usage()}.")
+    if opts.phases is not None and name != "custom":
+        raise UserError(f"The config gives strategy.phases but names strategy '{strategy}'.",
+                        "Set strategy.name to 'custom' to train those phases, or drop strategy.phases.")
+    return Plan(strategy, STRATEGIES[name](groups, opts, raw_arg if sep else None))
+
+
+def strategy_options(cfg: RunConfig) -> StrategyOptions:
+    """The strategy knobs of a run config (custom phases inherit the training warmup and schedule)."""
+    s, t = cfg.strategy, cfg.training
+    phases = None
+    if s.phases is not None:
+        phases = [Phase(name=p.name or f"phase {i + 1}", epochs=p.epochs, lrs=p.lrs,
+                        warmup=t.warmup if p.warmup is None else p.warmup, schedule=p.schedule or t.schedule)
+                  for i, p in enumerate(s.phases)]
+    epochs_per_phase = [s.epochs_per_phase] if isinstance(s.epochs_per_phase, float | int) else s.epochs_per_phase
+    return StrategyOptions(
+        lr=s.lr, head_lr=s.head_lr, epochs=t.epochs, warmup=t.warmup, schedule=t.schedule,
+        decay=None if s.decay is None else parse_decay(s.decay, "strategy.decay"), depth=s.depth,
+        unfreeze_embeddings=s.unfreeze_embeddings, epochs_per_phase=epochs_per_phase, phase_lrs=s.phase_lrs,
+        phases=phases)
+
+
+def plan_for_config(cfg: RunConfig, groups: LayerGroups) -> Plan:
+    """The Plan a run config asks for, on these layer groups."""
+    return build_plan(cfg.strategy.name, groups, strategy_options(cfg))

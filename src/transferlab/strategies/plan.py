@@ -64,6 +64,9 @@ class Plan:
             if phase.schedule not in SCHEDULES:
                 raise UserError(f"Phase {index + 1} of '{self.strategy}' has unknown schedule '{phase.schedule}'.",
                                 f"Use one of: {', '.join(SCHEDULES)}.")
+            if not phase.lrs:
+                raise UserError(f"Phase {index + 1} of '{self.strategy}' gives no group a learning rate.",
+                                "List the groups that learn in this phase, e.g. lrs: {head: 1e-3}.")
             lrs: dict[str, float] = {}
             for pattern, lr in phase.lrs.items():
                 if lr <= 0:

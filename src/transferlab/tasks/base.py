@@ -12,6 +12,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from transferlab.config import ModelConfig, RunConfig
+from transferlab.models.groups import LayerGroups, layer_groups
 
 
 @dataclass
@@ -48,6 +49,10 @@ class Task(ABC):
     def build_model(self, model_dir: Path, model_cfg: ModelConfig) -> torch.nn.Module:
         """A fresh task model on the pretrained backbone in `model_dir`."""
 
+    def layer_groups(self, model: torch.nn.Module) -> LayerGroups:
+        """The model's layer groups, which strategies freeze and schedule (a backbone + head model by default)."""
+        return layer_groups(model)
+
     @abstractmethod
     def encode(self, frame: pd.DataFrame, tokenizer: PreTrainedTokenizerBase, max_length: int) -> list[dict]:
         """Feature dicts (token ids, labels, ...), unpadded; `input_ids` length drives length grouping."""
@@ -56,6 +61,11 @@ class Task(ABC):
         """Pad a list of features into a batch (dynamic padding to the longest in the batch)."""
         return tokenizer.pad(features, return_tensors="pt")
 
+    def eval_forward(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]):
+        """The forward pass of evaluation (its output has `loss` when labels are given); tasks that decode
+        with the model itself, such as generation, do it here."""
+        return model(**inputs)
+
     @abstractmethod
     def outputs(self, model_output, batch: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
         """What evaluation keeps of one batch (e.g. probabilities and labels)."""
@@ -63,3 +73,17 @@ class Task(ABC):
     @abstractmethod
     def metrics(self, outputs: dict[str, np.ndarray]) -> dict:
         """Task metrics from the concatenated outputs of the eval set."""
+
+    @torch.inference_mode()
+    def run_model(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, features: list[dict],
+                  batch_size: int = 32) -> dict[str, np.ndarray]:
+        """Task outputs of a trained model over `features`, in their order (inference outside the trainer)."""
+        model.eval()
+        device = next(model.parameters()).device
+        outputs = []
+        for start in range(0, len(features), batch_size):
+            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v
+                     for k, v in self.collate(features[start:start + batch_size], tokenizer).items()}
+            out = self.eval_forward(model, {k: v for k, v in batch.items() if not k.startswith("_")})
+            outputs.append(self.outputs(out, batch))
+        return {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]} if outputs else {}

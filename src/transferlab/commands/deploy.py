@@ -1,0 +1,167 @@
+"""Commands that ship a trained model: export, quantize, prune, distill, benchmark, serve."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from transferlab.deploy.artifacts import Variant, model_dir_of, require_run_dir
+
+console = Console()
+Opt = Annotated
+RunArg = Opt[Path, typer.Argument(help="run directory (or model directory)")]
+
+
+def measurement_table(rows: list, title: str, baseline: float | None = None) -> Table:
+    """Size, latency, throughput and accuracy of measured variants (Δ in points against `baseline`)."""
+    table = Table(title=title, title_justify="left")
+    for col in ("variant", "size MB", "p50 ms (b=1)", "p95 ms (b=1)", "texts/s (b=32)", "accuracy"):
+        table.add_column(col, justify="left" if col == "variant" else "right")
+    if baseline is not None:
+        table.add_column("Δ points", justify="right")
+    for r in rows:
+        cells = [r.variant, f"{r.size_mb:.1f}", f"{r.latency_p50_ms:.1f}", f"{r.latency_p95_ms:.1f}",
+                 f"{r.throughput_per_s:.0f}", "-" if r.accuracy is None else f"{r.accuracy:.4f}"]
+        if baseline is not None:
+            cells.append("-" if r.accuracy is None else f"{100 * (r.accuracy - baseline):+.2f}")
+        table.add_row(*cells)
+    return table
+
+
+def compare(variants: list[Variant], run_dir: Path, title: str, repeats: int = 30,
+            eval_limit: int | None = None) -> list:
+    """Measure a few variants quickly (fewer repeats than `benchmark`) and print them against the first."""
+    from transferlab.deploy.benchmark import Settings, measure
+    from transferlab.deploy.evalset import load_eval_set
+
+    evalset = load_eval_set(run_dir, eval_limit)
+    settings = Settings(repeats=repeats, warmup=5, throughput_batches=2, throughput_repeats=1)
+    with console.status("measuring size, latency and accuracy"):
+        rows = [measure(v, evalset, settings) for v in variants]
+    console.print(measurement_table(rows, f"{title} ({len(evalset):,} eval examples)", rows[0].accuracy))
+    return rows
+
+
+def export(
+    model: RunArg,
+    format: Opt[str, typer.Option("--format", "-f", help="onnx | torchscript")] = "onnx",
+) -> None:
+    """Export a model to ONNX or TorchScript (dynamic batch and sequence axes), checked against PyTorch."""
+    from transferlab.deploy.export import PARITY_TOLERANCE, export_model
+
+    with console.status(f"exporting to {format}"):
+        result = export_model(model, format)
+    console.print(f"wrote [bold]{result.path}[/] ({result.size_mb:.1f} MB) in {result.seconds:.1f}s; parity with "
+                  f"PyTorch on real inputs: max |Δlogits| = {result.max_abs_diff:.1e} (limit {PARITY_TOLERANCE:g})")
+
+
+def quantize(
+    run: RunArg,
+    backend: Opt[str, typer.Option(help="onnx (ONNX Runtime) | torch (PyTorch dynamic, saved as TorchScript)")]
+    = "onnx",
+    eval_limit: Opt[int | None, typer.Option(help="measure accuracy on the first N eval examples only")] = None,
+) -> None:
+    """Dynamic int8 quantization, with accuracy re-measured on the eval set beside the fp32 model."""
+    from transferlab.deploy.quantize import quantize as quantize_model
+
+    model_dir = model_dir_of(run)
+    with console.status(f"quantizing with {backend}"):
+        path = quantize_model(model_dir, backend)
+    console.print(f"wrote [bold]{path}[/] ({path.stat().st_size / 2**20:.1f} MB)")
+    fp32 = "onnx" if backend == "onnx" else "torch"
+    compare([Variant(model_dir, fp32), Variant(model_dir, "onnx" if backend == "onnx" else "torchscript", True)],
+            require_run_dir(run, "quantize"), "fp32 vs int8", eval_limit=eval_limit)
+
+
+def prune(
+    run: RunArg,
+    amount: Opt[float, typer.Option(help="fraction of weights (magnitude) or attention heads (heads) to remove")]
+    = 0.3,
+    method: Opt[str, typer.Option(help="magnitude (global, unstructured) | heads (structured)")] = "magnitude",
+    finetune_epochs: Opt[float, typer.Option(help="recovery fine-tuning epochs after pruning (0 = none)")] = 0.0,
+    lr: Opt[float, typer.Option(help="learning rate of the recovery fine-tuning")] = 5e-5,
+) -> None:
+    """Prune a run's model (saved as RUN/pruned-METHOD) and compare size, speed and accuracy."""
+    from transferlab.deploy.prune import prune_run
+
+    run_dir = require_run_dir(run, "prune")
+    result = prune_run(run_dir, method, amount, finetune_epochs, lr)
+    if result.removed_heads is not None:
+        heads = ", ".join(f"layer {k}: {v}" for k, v in sorted(result.removed_heads.items()))
+        console.print(f"removed {sum(map(len, result.removed_heads.values()))} heads ({heads})")
+    console.print(f"saved [bold]{result.model_dir}[/]: {result.parameters:,} parameters, {result.nonzero:,} non-zero; "
+                  f"encoder Linear sparsity {100 * result.sparsity:.1f}%")
+    compare([Variant(run_dir / "model", "torch"), Variant(result.model_dir, "torch")], run_dir,
+            f"original vs pruned ({method} {amount:g})")
+
+
+def distill(
+    teacher: Opt[Path, typer.Option(help="run directory of the teacher")],
+    student_layers: Opt[int, typer.Option(help="encoder layers of the student (a subset of the teacher's)")] = 3,
+    epochs: Opt[float, typer.Option()] = 2.0,
+    temperature: Opt[float, typer.Option(help="softening of the teacher's outputs")] = 2.0,
+    alpha: Opt[float, typer.Option(help="weight of the soft targets (1 - alpha: the gold labels)")] = 0.5,
+    lr: Opt[float, typer.Option()] = 1e-4,
+) -> None:
+    """Distil a run's model into a smaller student (saved as RUN/distilled) and compare it to the teacher."""
+    from transferlab.deploy.distill import distill_run
+
+    run_dir = require_run_dir(teacher, "distill")
+    out, layers, _metrics = distill_run(run_dir, student_layers, epochs, temperature, alpha, lr)
+    console.print(f"saved student [bold]{out}[/] (teacher layers {', '.join(map(str, layers))})")
+    compare([Variant(run_dir / "model", "torch"), Variant(out, "torch")], run_dir, "teacher vs student")
+
+
+def benchmark(
+    run: RunArg,
+    repeats: Opt[int, typer.Option(help="timed batch-1 calls per variant")] = 100,
+    warmup: Opt[int, typer.Option(help="untimed calls before measuring")] = 10,
+    threads: Opt[int | None, typer.Option(help="CPU threads for every backend (default: torch's)")] = None,
+    eval_limit: Opt[int | None, typer.Option(help="accuracy on the first N eval examples only")] = None,
+) -> None:
+    """Measure every variant of a run (torch, TorchScript, ONNX, int8, pruned, distilled) side by side."""
+    from transferlab.deploy.benchmark import Measurement, Settings, benchmark_run
+
+    run_dir = require_run_dir(run, "benchmark")
+    with console.status("benchmarking") as status:
+        doc = benchmark_run(run_dir, Settings(repeats=repeats, warmup=warmup, threads=threads, eval_limit=eval_limit),
+                            on_result=lambda r: status.update(f"measured {r.variant}"))
+    rows = [Measurement(**v) for v in doc["variants"]]
+    console.print(measurement_table(rows, f"benchmark of {run_dir} ({doc['eval_examples']:,} eval examples, "
+                                          f"{doc['machine']['torch_threads']} threads)", rows[0].accuracy))
+    console.print(f"wrote {run_dir / 'benchmark.json'} and {run_dir / 'plots' / 'benchmark.png'}")
+
+
+def serve(
+    model: RunArg,
+    host: Opt[str, typer.Option(help="interface to listen on (0.0.0.0 for every interface)")] = "127.0.0.1",
+    port: Opt[int, typer.Option()] = 8000,
+    backend: Opt[str, typer.Option(help="torch | onnx | torchscript")] = "torch",
+    int8: Opt[bool, typer.Option("--int8", help="serve the int8 model of the backend")] = False,
+    threads: Opt[int | None, typer.Option(help="CPU threads for inference")] = None,
+    max_batch: Opt[int, typer.Option(help="most texts in one batched forward pass")] = 64,
+    max_wait_ms: Opt[float, typer.Option(help="how long a request waits for others to batch with")] = 5.0,
+    max_items: Opt[int, typer.Option(help="most texts in one request")] = 64,
+    max_chars: Opt[int, typer.Option(help="longest text accepted, in characters")] = 10_000,
+    max_body_kb: Opt[int, typer.Option(help="largest request body, in KiB")] = 1024,
+) -> None:
+    """Serve a model over HTTP: POST /predict, GET /health, GET /metadata, docs at /docs."""
+    from transferlab.deploy.predictor import Predictor
+    from transferlab.deploy.service import Limits
+    from transferlab.deploy.service import serve as run_server
+
+    predictor = Predictor(model, backend, int8, batch_size=max_batch, threads=threads)
+    limits = Limits(max_items=max_items, max_chars=max_chars, max_body_bytes=max_body_kb * 1024,
+                    max_batch=max_batch, max_wait_ms=max_wait_ms)
+    console.print(f"serving {predictor.model_dir} ({predictor.name}) on http://{host}:{port} - docs at /docs")
+    run_server(predictor, host, port, limits)
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the CLI."""
+    for command in (export, quantize, prune, distill, benchmark, serve):
+        app.command()(command)

@@ -1,0 +1,140 @@
+"""Size, latency, throughput and accuracy of every deployable variant of a run, side by side.
+
+The machine is shared and noisy: each variant gets warm-up calls, then repeated timed calls on the same real
+eval texts, and the table reports percentiles (latency) and the median of repeats (throughput).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from transferlab.deploy.artifacts import Variant, variants
+from transferlab.deploy.evalset import EvalSet, accuracy, load_eval_set
+from transferlab.deploy.predictor import Predictor
+from transferlab.errors import UserError
+
+THROUGHPUT_BATCH = 32
+
+
+@dataclass
+class Settings:
+    repeats: int = 100  # timed batch-1 calls per variant
+    warmup: int = 10
+    throughput_batches: int = 4  # batches of 32 per throughput repeat
+    throughput_repeats: int = 3
+    threads: int | None = None  # None: torch's default, ONNX Runtime given the same number
+    eval_limit: int | None = None  # None: the whole eval set
+
+
+@dataclass
+class Measurement:
+    variant: str
+    backend: str
+    int8: bool
+    model_dir: str
+    size_mb: float
+    latency_p50_ms: float
+    latency_p95_ms: float
+    throughput_per_s: float
+    accuracy: float | None
+
+
+def latencies(predictor: Predictor, texts: list[str], repeats: int, warmup: int) -> np.ndarray:
+    """Seconds per single-text call (tokenization included), after warm-up calls."""
+    for text in texts[:warmup]:
+        predictor.outputs([text])
+    times = []
+    for i in range(repeats):
+        text = texts[i % len(texts)]
+        start = time.perf_counter()
+        predictor.outputs([text])
+        times.append(time.perf_counter() - start)
+    return np.array(times)
+
+
+def throughput(predictor: Predictor, texts: list[str], batches: int, repeats: int) -> float:
+    """Texts per second in batches of 32 (median of repeats, after one warm-up batch)."""
+    predictor.batch_size = THROUGHPUT_BATCH
+    sample = (texts * (1 + THROUGHPUT_BATCH * batches // max(len(texts), 1)))[:THROUGHPUT_BATCH * batches]
+    predictor.outputs(sample[:THROUGHPUT_BATCH])
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        predictor.outputs(sample)
+        rates.append(len(sample) / (time.perf_counter() - start))
+    return float(np.median(rates))
+
+
+def measure(variant: Variant, evalset: EvalSet | None, settings: Settings) -> Measurement:
+    """One variant's size, batch-1 latency percentiles, batch-32 throughput and eval accuracy."""
+    threads = settings.threads or torch.get_num_threads()
+    predictor = Predictor(variant.model_dir, variant.backend, variant.int8, batch_size=THROUGHPUT_BATCH,
+                          threads=threads)
+    texts = evalset.texts if evalset else ["A quietly moving film with a terrific lead performance."]
+    lat = latencies(predictor, texts, settings.repeats, settings.warmup) * 1000
+    rate = throughput(predictor, texts, settings.throughput_batches, settings.throughput_repeats)
+    acc = accuracy(predictor, evalset) if evalset else None
+    return Measurement(variant.name, variant.backend, variant.int8, str(variant.model_dir),
+                       round(variant.size_bytes / 2**20, 2), round(float(np.percentile(lat, 50)), 2),
+                       round(float(np.percentile(lat, 95)), 2), round(rate, 1),
+                       None if acc is None else round(acc, 4))
+
+
+def machine() -> dict:
+    """Where the figures were measured (they only compare within one machine)."""
+    import onnxruntime
+    import transformers
+
+    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "onnxruntime": onnxruntime.__version__, "transformers": transformers.__version__}
+
+
+def benchmark_run(run_dir: Path, settings: Settings, on_result=None) -> dict:
+    """Measure every variant of a run; write benchmark.json and plots/benchmark.png; return the document."""
+    found = variants(run_dir)
+    if not found:
+        raise UserError(f"'{run_dir}' holds no model (no model/config.json).",
+                        "Benchmark a run directory written by `transferlab train` or `transferlab demo`.")
+    evalset = load_eval_set(run_dir, settings.eval_limit)
+    rows = []
+    for variant in found:
+        rows.append(measure(variant, evalset, settings))
+        if on_result is not None:
+            on_result(rows[-1])
+    doc = {"run": str(run_dir), "eval_examples": len(evalset), "settings": asdict(settings),
+           "machine": machine(), "variants": [asdict(r) for r in rows]}
+    (run_dir / "benchmark.json").write_text(json.dumps(doc, indent=2))
+    plot_benchmark(rows, run_dir / "plots" / "benchmark.png")
+    return doc
+
+
+def plot_benchmark(rows: list[Measurement], path: Path) -> None:
+    """Latency (x) against accuracy (y); the area of each point is the size on disk."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    biggest = max(r.size_mb for r in rows)
+    for r in rows:
+        ax.scatter(r.latency_p50_ms, r.accuracy or 0, s=60 + 900 * r.size_mb / biggest, alpha=0.5)
+        ax.annotate(f"{r.variant}\n{r.size_mb:.0f} MB", (r.latency_p50_ms, r.accuracy or 0), fontsize=8,
+                    ha="center", va="center")
+    ax.set_xlabel("latency p50 at batch 1 (ms)")
+    ax.set_ylabel("eval accuracy")
+    ax.set_title("size (point area) vs latency vs accuracy")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,84 @@
+"""Dynamic int8 quantization: ONNX Runtime (default) or PyTorch, with the accuracy re-measured on the eval set.
+
+Dynamic quantization stores weights as int8 and quantizes activations on the fly, per batch, to uint8.
+See README "int8 without the accuracy collapse" for how the recipe below was chosen by measurement.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import torch
+from torch import nn
+
+from transferlab.deploy.artifacts import backend_file, model_dir_of
+from transferlab.errors import UserError
+
+BACKENDS = ("onnx", "torch")
+
+
+@dataclass(frozen=True)
+class OnnxRecipe:
+    """How ONNX Runtime quantizes: which ops, weight granularity, and which nodes stay fp32."""
+
+    per_channel: bool = True
+    reduce_range: bool = False
+    quantize_embeddings: bool = False  # Gather of the embedding tables
+    keep_fp32: tuple[str, ...] = ()  # substrings of node names that stay fp32 (e.g. the classifier)
+
+
+DEFAULT_RECIPE = OnnxRecipe()
+
+
+def excluded_nodes(model: onnx.ModelProto, patterns: tuple[str, ...]) -> list[str]:
+    """Names of nodes whose name contains any of `patterns`."""
+    return [n.name for n in model.graph.node if any(p in n.name for p in patterns)]
+
+
+def quantize_onnx_file(src: Path, dst: Path, recipe: OnnxRecipe = DEFAULT_RECIPE) -> Path:
+    """Write the dynamically int8-quantized form of an ONNX model."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    ops = ["MatMul", "Gemm", "Attention"] + (["Gather"] if recipe.quantize_embeddings else [])
+    exclude = excluded_nodes(onnx.load(str(src), load_external_data=False), recipe.keep_fp32)
+    logging.getLogger().disabled, was = True, logging.getLogger().disabled  # ORT's pre-processing advice
+    try:
+        quantize_dynamic(str(src), str(dst), op_types_to_quantize=ops, per_channel=recipe.per_channel,
+                         reduce_range=recipe.reduce_range, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
+                         extra_options={"MatMulConstBOnly": True})
+    finally:
+        logging.getLogger().disabled = was
+    return dst
+
+
+def quantize_torch_model(model: nn.Module) -> nn.Module:
+    """PyTorch dynamic int8 quantization of the Linear layers (per-channel weights), on a copy."""
+    import copy
+
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization is deprecated in favour of torchao
+        return quantize_dynamic(copy.deepcopy(model), {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
+
+
+def quantize(path: str | Path, backend: str = "onnx", recipe: OnnxRecipe = DEFAULT_RECIPE) -> Path:
+    """Write the int8 model of a run/model directory for `backend` (ONNX exports fp32 first if needed)."""
+    from transferlab.deploy.export import export_model
+
+    if backend not in BACKENDS:
+        raise UserError(f"Unknown quantization backend '{backend}'.", f"Choose one of: {', '.join(BACKENDS)}.")
+    model_dir = model_dir_of(path)
+    if backend == "onnx":
+        src = backend_file(model_dir, "onnx", False)
+        if not src.is_file():
+            export_model(model_dir, "onnx")
+        return quantize_onnx_file(src, backend_file(model_dir, "onnx", True), recipe)
+    from transferlab.deploy.predictor import Predictor
+
+    module = quantize_torch_model(Predictor(model_dir, "torch").run.model)
+    return export_model(model_dir, "torchscript", module=module, int8=True).path

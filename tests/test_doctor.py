@@ -1,0 +1,149 @@
+"""The doctor's pitfall guards: each one triggered by a history or plan built for it, and left quiet otherwise."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from transferlab.commands.lab import print_warnings
+from transferlab.config import DoctorConfig, TrainingConfig
+from transferlab.strategies.plan import Phase, ResolvedPhase
+from transferlab.training import doctor
+from transferlab.training.doctor import Doctor
+
+CFG = DoctorConfig()
+GROUPS = ["embeddings", "layer.0.attention", "layer.0.ffn", "layer.1.attention", "layer.1.ffn", "head"]
+
+
+def phase(lrs: dict[str, float], epochs: float = 3) -> ResolvedPhase:
+    return ResolvedPhase(Phase(epochs=epochs, lrs=lrs), lrs, trainable_params=len(lrs) * 1000, total_params=6000)
+
+
+def codes(findings) -> list[str]:
+    return [f.code for f in findings]
+
+
+def train_records(losses: list[float], phase_index: int = 0, start: int = 0) -> list[dict]:
+    return [{"kind": "train", "step": start + 10 * (i + 1), "phase": phase_index, "loss": loss}
+            for i, loss in enumerate(losses)]
+
+
+def eval_records(losses: list[float], every: int = 20) -> list[dict]:
+    return [{"kind": "eval", "step": every * (i + 1), "epoch": float(i + 1), "phase": 0, "loss": loss,
+             "metrics": {"accuracy": 0.8}} for i, loss in enumerate(losses)]
+
+
+FULL = {g: 3e-5 for g in GROUPS}
+
+
+def test_full_finetuning_is_embeddings_and_every_layer():
+    assert doctor.is_full_finetuning(FULL, GROUPS)
+    assert not doctor.is_full_finetuning({g: 3e-5 for g in GROUPS if g != "layer.0.attention"}, GROUPS)
+    assert not doctor.is_full_finetuning({g: 3e-5 for g in GROUPS if g != "embeddings"}, GROUPS)
+
+
+def test_high_lr_warns_only_in_full_finetuning():
+    hot = {**FULL, "layer.1.ffn": 5e-4}
+    found = doctor.check_full_lr([phase(hot)], GROUPS, CFG)
+    assert codes(found) == ["lr-too-high-full-finetuning"]
+    assert "lr 0.0005" in found[0].message
+    assert "--lr" in found[0].fix
+    # the same lr with the embeddings frozen is not full fine-tuning; a high head lr alone is fine
+    assert doctor.check_full_lr([phase({g: 5e-4 for g in GROUPS if g != "embeddings"})], GROUPS, CFG) == []
+    assert doctor.check_full_lr([phase({**FULL, "head": 1e-3})], GROUPS, CFG) == []
+
+
+def test_small_dataset_with_full_finetuning():
+    assert codes(doctor.check_small_data([phase(FULL)], GROUPS, 120, CFG)) == ["small-data-full-finetuning"]
+    assert doctor.check_small_data([phase(FULL)], GROUPS, 5000, CFG) == []
+    assert doctor.check_small_data([phase({"head": 1e-3})], GROUPS, 120, CFG) == []
+
+
+def test_too_few_epochs_for_the_data_size_names_the_epochs_needed():
+    training = TrainingConfig(batch_size=16)
+    found = doctor.check_short_training(120, training, [phase({"head": 1e-3}, epochs=1)], CFG)
+    assert codes(found) == ["too-few-epochs"]
+    assert "--epochs 7" in found[0].fix  # 8 updates per epoch, 50 wanted
+    assert doctor.check_short_training(120, training, [phase({"head": 1e-3}, epochs=7)], CFG) == []
+    assert doctor.check_short_training(10_000, training, [phase({"head": 1e-3}, epochs=1)], CFG) == []
+
+
+def test_rising_training_loss():
+    found = doctor.check_train_loss(train_records([0.6, 0.62, 0.7, 0.8, 0.9, 1.1]), CFG)
+    assert codes(found) == ["train-loss-rising"]
+    assert doctor.check_train_loss(train_records([0.7, 0.6, 0.5, 0.45, 0.4, 0.38]), CFG) == []
+
+
+def test_loss_jump_at_a_new_phase_is_not_a_rise():
+    history = train_records([0.7, 0.5, 0.4, 0.35]) + train_records([0.9, 0.6, 0.4, 0.3], 1, start=40)
+    assert doctor.check_train_loss(history, CFG) == []
+
+
+def test_non_finite_training_loss():
+    assert codes(doctor.check_train_loss(train_records([0.7, float("nan")]), CFG)) == ["loss-not-finite"]
+
+
+def test_overfitting_eval_loss_rising_while_train_loss_falls():
+    history = train_records([0.7, 0.5, 0.3, 0.2, 0.1, 0.05, 0.03, 0.02]) + eval_records([0.5, 0.4, 0.5, 0.65])
+    found = doctor.check_overfitting(history, CFG)
+    assert codes(found) == ["overfitting"]
+    assert "--patience" in found[0].fix and "epoch 2" in found[0].fix
+
+
+def test_no_overfitting_when_eval_loss_keeps_falling_or_train_loss_rises_too():
+    falling = train_records([0.7, 0.5, 0.3, 0.2]) + eval_records([0.5, 0.45, 0.4, 0.38])
+    assert doctor.check_overfitting(falling, CFG) == []
+    both_rise = train_records([0.3, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]) + eval_records([0.5, 0.4, 0.5, 0.65])
+    assert doctor.check_overfitting(both_rise, CFG) == []
+
+
+def test_train_eval_gap_above_the_limit():
+    found = doctor.check_gap({"accuracy": 0.98}, {"accuracy": 0.75}, "accuracy", CFG)
+    assert codes(found) == ["generalization-gap"]
+    assert "23.0 points" in found[0].message
+    assert doctor.check_gap({"accuracy": 0.85}, {"accuracy": 0.8}, "accuracy", CFG) == []
+    assert doctor.check_gap({"mse": 0.1}, {"mse": 0.9}, "mse", CFG) == []  # not a 0-1 score
+
+
+class _Trainer:
+    def __init__(self):
+        self.history: list[dict] = []
+
+
+def test_doctor_warns_live_once_per_code_and_collects_everything(caplog):
+    watcher = Doctor(CFG, [phase({**FULL, "head": 1e-3})], GROUPS, 10_000, TrainingConfig())
+    trainer = _Trainer()
+    with caplog.at_level(logging.WARNING, logger="transferlab"):
+        for record in train_records([0.6, 0.62, 0.7, 0.8, 0.9, 1.1, 1.2]):
+            trainer.history.append(record)
+            watcher(record, trainer)
+    live = [r.getMessage() for r in caplog.records if "train-loss-rising" in r.getMessage()]
+    assert len(live) == 1 and "Fix:" in live[0]
+    warnings = watcher.finish(trainer.history, {"accuracy": 1.0}, {"accuracy": 0.5}, "accuracy")
+    assert [w["code"] for w in warnings] == ["train-loss-rising", "generalization-gap"]
+    assert all(set(w) == {"code", "message", "fix"} for w in warnings)
+
+
+def test_disabled_doctor_says_nothing():
+    quiet = Doctor(DoctorConfig(enabled=False), [phase({**FULL, "layer.0.ffn": 1e-3})], GROUPS, 10, TrainingConfig())
+    assert quiet.finish(train_records([0.1, 0.5, 0.9, 2.0]), {"accuracy": 1.0}, {"accuracy": 0.1}, "accuracy") == []
+
+
+def test_real_run_records_the_warnings_it_triggers(tiny_run):
+    """The shared tiny run (one epoch of 200 examples at batch 16) is too short: the doctor says so, with the fix,
+    in metrics.json and report.html, and scores a training sample for the gap guard."""
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    warning = next(w for w in metrics["warnings"] if w["code"] == "too-few-epochs")
+    assert "--epochs" in warning["fix"]
+    assert metrics["train_subset"]["examples"] == metrics["train_examples"]
+    assert 0 <= metrics["train_subset"]["accuracy"] <= 1
+    report = (tiny_run / "report.html").read_text()
+    assert "too-few-epochs" in report and "Fix:" in report
+
+
+def test_train_prints_each_warning_with_its_fix(capsys):
+    print_warnings([{"code": "overfitting", "message": "The eval loss rose.", "fix": "Stop early (--patience 2)."}])
+    out = capsys.readouterr().out
+    assert "overfitting" in out and "The eval loss rose." in out and "fix: Stop early (--patience 2)." in out
+    print_warnings([])
+    assert "no warnings" in capsys.readouterr().out
