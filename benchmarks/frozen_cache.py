@@ -41,13 +41,19 @@ class Clock:
         self.figures = {"seconds": time.perf_counter() - self.wall, "cpu_seconds": time.process_time() - self.cpu}
 
 
+# --precision -> transferlab's training.precision; transformers.Trainer runs bf16 autocast only for "bf16"
+# ("defaults" compares each tool as it comes: transferlab's auto = bf16 where the hardware runs it natively)
+TRANSFERLAB_PRECISION = {"fp32": "fp32", "bf16": "bf16", "defaults": "auto"}
+
+
 def run_config(args: argparse.Namespace, root: Path, cache: bool) -> RunConfig:
     return build_config({
         "name": "bench", "output_dir": str(root), "seed": 42,
         "data": {"max_train_examples": args.train, "max_eval_examples": args.eval},
         "strategy": {"name": "feature-extraction", "lr": 1e-3},
         "training": {"epochs": args.epochs, "batch_size": 32, "eval_batch_size": 128, "weight_decay": 0.01,
-                     "warmup": 0.06, "precision": args.precision, "feature_cache": cache, "log_every": 50}})
+                     "warmup": 0.06, "precision": TRANSFERLAB_PRECISION[args.precision], "feature_cache": cache,
+                     "log_every": 50}})
 
 
 def prepared(cfg: RunConfig) -> tuple[PreparedRun, list[dict], list[dict]]:
@@ -99,7 +105,8 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=2000, help="training reviews")
     parser.add_argument("--eval", type=int, default=500, help="held-out reviews")
     parser.add_argument("--epochs", type=float, default=3)
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="the same for both")
+    parser.add_argument("--precision", choices=tuple(TRANSFERLAB_PRECISION), default="fp32",
+                        help="fp32 / bf16 for both, or each tool's defaults")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--skip-uncached", action="store_true", help="skip transferlab without the cache")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+from transformers import DataCollatorWithPadding, PrinterCallback, Trainer, TrainingArguments
 from transformers import set_seed as hf_set_seed
 
 from transferlab.config import RunConfig, build_config
@@ -85,6 +85,7 @@ def run_hf(cfg: RunConfig, args: argparse.Namespace, output: Path) -> dict:
     )
     trainer = Trainer(model=prep.model, args=training_args, train_dataset=train, eval_dataset=evaluation,
                       data_collator=DataCollatorWithPadding(prep.tokenizer))
+    trainer.remove_callback(PrinterCallback)  # its per-epoch log lines would interleave with the table
     result = trainer.train()
     logits = trainer.predict(evaluation).predictions
     labels = np.array([f["labels"] for f in evaluation])

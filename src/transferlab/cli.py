@@ -32,10 +32,22 @@ def quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
+def show_logs() -> None:
+    """transferlab's own info lines (e.g. the frozen-feature cache, augmentation counts) go to stderr."""
+    import logging
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("transferlab")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
 def main() -> None:
     """Console entry point: user errors become one paragraph on stderr and exit code 2."""
     _register_commands()
     quiet_libraries()
+    show_logs()
     try:
         app()
     except UserError as err:

@@ -32,14 +32,14 @@ def measurement_table(rows: list, title: str, baseline: float | None = None) -> 
     return table
 
 
-def compare(variants: list[Variant], run_dir: Path, title: str, repeats: int = 30,
+def compare(variants: list[Variant], run_dir: Path, title: str, repeats: int = 20,
             eval_limit: int | None = None) -> list:
     """Measure a few variants quickly (fewer repeats than `benchmark`) and print them against the first."""
     from transferlab.deploy.benchmark import Settings, measure
     from transferlab.deploy.evalset import load_eval_set
 
     evalset = load_eval_set(run_dir, eval_limit)
-    settings = Settings(repeats=repeats, warmup=5, throughput_batches=2, throughput_repeats=1)
+    settings = Settings(repeats=repeats, warmup=3, throughput_batches=1, throughput_repeats=1)
     with console.status("measuring size, latency and accuracy"):
         rows = [measure(v, evalset, settings) for v in variants]
     console.print(measurement_table(rows, f"{title} ({len(evalset):,} eval examples)", rows[0].accuracy))
@@ -120,6 +120,7 @@ def benchmark(
     run: RunArg,
     repeats: Opt[int, typer.Option(help="timed batch-1 calls per variant")] = 100,
     warmup: Opt[int, typer.Option(help="untimed calls before measuring")] = 10,
+    batches: Opt[int, typer.Option(help="batches of 32 per throughput measure (3 measures)")] = 4,
     threads: Opt[int | None, typer.Option(help="CPU threads for every backend (default: torch's)")] = None,
     eval_limit: Opt[int | None, typer.Option(help="accuracy on the first N eval examples only")] = None,
 ) -> None:
@@ -127,9 +128,10 @@ def benchmark(
     from transferlab.deploy.benchmark import Measurement, Settings, benchmark_run
 
     run_dir = require_run_dir(run, "benchmark")
+    settings = Settings(repeats=repeats, warmup=warmup, throughput_batches=batches, threads=threads,
+                        eval_limit=eval_limit)
     with console.status("benchmarking") as status:
-        doc = benchmark_run(run_dir, Settings(repeats=repeats, warmup=warmup, threads=threads, eval_limit=eval_limit),
-                            on_result=lambda r: status.update(f"measured {r.variant}"))
+        doc = benchmark_run(run_dir, settings, on_result=lambda r: status.update(f"measured {r.variant}"))
     rows = [Measurement(**v) for v in doc["variants"]]
     console.print(measurement_table(rows, f"benchmark of {run_dir} ({doc['eval_examples']:,} eval examples, "
                                           f"{doc['machine']['torch_threads']} threads)", rows[0].accuracy))

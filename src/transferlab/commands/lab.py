@@ -139,7 +139,7 @@ def compare_table(result, title: str) -> Table:
 
 def compare(
     strategies: Opt[str, typer.Option(help="comma-separated strategies, e.g. full,feature-extraction,llrd")]
-    = "full,feature-extraction,freeze-bottom:4,freeze-attention",
+    = "full,feature-extraction,freeze-bottom:4,freeze-attention,progressive,llrd",
     seeds: Opt[int, typer.Option(help="runs per strategy (seeds --seed, --seed + 1, ...): mean ± std")] = 1,
     init: Opt[str, typer.Option(help="pretrained, random (same architecture, fresh weights), or both")]
     = "pretrained",

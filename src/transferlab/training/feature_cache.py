@@ -197,4 +197,8 @@ def build_phase_cache(model: nn.Module, groups: LayerGroups, learning: Iterable[
     counts = " + ".join(f"{len(f):,}" for f in feature_lists)
     dtype = str(cache.dtype(amp_dtype)).replace("torch.", "")
     return cache, (f"frozen-feature cache: {point.describe()} of {counts} examples computed once in "
-                   f"{seconds:.1f}s ({cache.nbytes / 2**20:.1f} MiB {dtype}); the phase trains on them")
+                   f"{seconds:.1f}s ({_size(cache.nbytes)} {dtype}); the phase trains on them")
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 2**20:.1f} MiB" if nbytes >= 2**20 else f"{nbytes / 2**10:.0f} KiB"
