@@ -21,7 +21,7 @@ import torch
 from transformers import DataCollatorWithPadding, PrinterCallback, Trainer, TrainingArguments
 from transformers import set_seed as hf_set_seed
 
-from transferlab.config import RunConfig, build_config
+from transferlab.config import RunConfig, apply_override, build_config
 from transferlab.run import prepare_run, train_run
 
 
@@ -37,18 +37,24 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--hf-tuned", action="store_true", help="give HF bf16 and length-grouped batches too")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        help="config override for both sides, e.g. training.precision=fp32 (transferlab only)")
+    parser.add_argument("--skip-hf", action="store_true", help="only the transferlab side (for experiments)")
     return parser.parse_args()
 
 
 def bench_config(args: argparse.Namespace, output: Path) -> RunConfig:
-    return build_config({
+    data = {
         "name": "transferlab", "output_dir": str(output), "seed": args.seed,
         "data": {"max_train_examples": args.train, "max_eval_examples": args.eval},
         "model": {"max_length": args.max_length},
         "strategy": {"name": args.strategy, "lr": args.lr},
         "training": {"epochs": args.epochs, "batch_size": args.batch_size},
         "doctor": {"enabled": False},  # its extra scoring pass is not part of the comparison
-    }, "the benchmark")
+    }
+    for assignment in args.overrides:
+        apply_override(data, assignment)
+    return build_config(data, "the benchmark")
 
 
 def run_transferlab(cfg: RunConfig) -> dict:
@@ -103,10 +109,13 @@ def main() -> None:
         print(f"{args.train} train / {args.eval} held-out bundled reviews, max_length {args.max_length}, "
               f"batch {args.batch_size}, {args.epochs:g} epoch(s), strategy {args.strategy}, "
               f"{torch.get_num_threads()} threads")
-        results = {"transformers.Trainer": run_hf(cfg, args, Path(tmp)), "transferlab": run_transferlab(cfg)}
+        results = {} if args.skip_hf else {"transformers.Trainer": run_hf(cfg, args, Path(tmp))}
+        results["transferlab"] = run_transferlab(cfg)
     print(f"\n{'':22}{'samples/s':>10}{'train s':>9}{'held-out acc':>14}  precision")
     for name, r in results.items():
         print(f"{name:22}{r['samples_per_s']:>10.1f}{r['train_s']:>9.1f}{r['accuracy']:>14.4f}  {r['precision']}")
+    if args.skip_hf:
+        return
     hf, tl = results["transformers.Trainer"], results["transferlab"]
     print(f"\nspeed ratio transferlab / transformers.Trainer: {tl['samples_per_s'] / hf['samples_per_s']:.2f}x; "
           f"accuracy difference: {100 * (tl['accuracy'] - hf['accuracy']):+.1f} points")

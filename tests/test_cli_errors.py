@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +30,8 @@ def reviews(tmp_path_factory) -> Path:
 def cli(capsys, monkeypatch, tmp_path):
     """Run `transferlab ARGS` in-process through `transferlab.cli.main`; return (exit code, stdout, stderr)."""
     monkeypatch.chdir(tmp_path)
+    # main() attaches a log handler to the current stderr; drop it with this test's captured stream
+    monkeypatch.setattr(logging.getLogger("transferlab"), "handlers", [])
 
     def run(*args: str) -> tuple[int, str, str]:
         monkeypatch.setattr(sys, "argv", ["transferlab", *map(str, args)])

@@ -31,7 +31,7 @@ def teacher(deploy_run):
 
 @pytest.fixture(scope="module")
 def heads_pruned(deploy_run):
-    return prune_run(deploy_run, "heads", 0.25, show_progress=False)
+    return prune_run(deploy_run, "heads", 0.25, importance_examples=64, show_progress=False)
 
 
 def logits(model, predictor: Predictor) -> np.ndarray:

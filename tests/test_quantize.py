@@ -27,13 +27,13 @@ def probabilities(predictor: Predictor, texts: list[str]) -> np.ndarray:
 
 
 def test_onnx_int8_is_smaller_and_agrees_with_fp32(deploy_run, monkeypatch, capsys):
-    code, out, _err = run_cli(monkeypatch, capsys, "quantize", str(deploy_run), "--eval-limit", "60")
+    code, out, _err = run_cli(monkeypatch, capsys, "quantize", str(deploy_run), "--eval-limit", "40")
     assert code == 0
     fp32, int8 = deploy_run / "model" / "model.onnx", deploy_run / "model" / "model.int8.onnx"
     assert int8.stat().st_size < 0.75 * fp32.stat().st_size
     # the command prints both accuracies side by side
     assert "onnx fp32" in out and "onnx int8" in out and "Δ points" in out
-    evalset = load_eval_set(deploy_run, limit=60)
+    evalset = load_eval_set(deploy_run, limit=40)
     ref, q = Predictor(fp32), Predictor(int8)
     assert abs(accuracy(ref, evalset) - accuracy(q, evalset)) <= 0.05
     assert np.abs(probabilities(ref, evalset.texts) - probabilities(q, evalset.texts)).max() < 0.1

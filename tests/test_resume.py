@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import subprocess
 import sys
@@ -36,6 +37,7 @@ def resume_config(root: Path, name: str) -> dict:
 
 def run_cli(monkeypatch, *args: str) -> None:
     monkeypatch.setattr(sys, "argv", ["transferlab", *args])
+    monkeypatch.setattr(logging.getLogger("transferlab"), "handlers", [])  # main() adds one per call
     try:
         main()
     except SystemExit as exit_:

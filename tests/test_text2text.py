@@ -32,6 +32,10 @@ from transferlab.run import load_run_data, train_run
 from transferlab.strategies.named import STRATEGIES, StrategyOptions, build_plan
 from transferlab.tasks.text2text import Text2TextPredictor, Text2TextTask
 
+# EncoderDecoderModel warns about a 2021 loss change on every training step; pytest resets the filter that
+# transferlab.tasks.text2text installs for the CLI
+pytestmark = pytest.mark.filterwarnings("ignore:Version v4.12.0 introduces:FutureWarning")
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"data": {"train": str(ROOT / "examples/data/movie_loglines_train.jsonl"),
                  "eval": str(ROOT / "examples/data/movie_loglines_eval.jsonl"),
@@ -90,19 +94,14 @@ def test_warm_start_run_scores_generations_and_saves_an_encoder_decoder(bert2ber
     assert generation["max_new_tokens"] == 8 and generation["eos_token_id"] == 102
 
 
-def test_reloaded_warm_start_generates_the_same(bert2bert_run):
-    doc = json.loads((bert2bert_run / "metrics.json").read_text())
-    assert reproduced_metrics(bert2bert_run) == pytest.approx(doc["eval"])
-
-
 def test_predict_and_evaluate_through_the_cli(bert2bert_run, transferlab_cli, capsys, tmp_path):
     source = "A retired teacher travels across Europe to find her lost brother. She meets a young thief."
     expected = Text2TextPredictor(bert2bert_run).generate([source])[0]
     assert expected
-    assert transferlab_cli("predict", bert2bert_run, source, "--output", tmp_path / "p.jsonl") == 0
-    assert json.loads((tmp_path / "p.jsonl").read_text()) == {"generated": expected, "text": source}
     assert transferlab_cli("predict", bert2bert_run, source) == 0
-    assert expected.split()[0] in capsys.readouterr().out
+    assert f"{expected} {source}" in " ".join(capsys.readouterr().out.split())  # generated text, then source
+    # evaluate reloads the saved model with from_pretrained and generates the run's eval set again: the same
+    # texts, so the same scores as the trainer's final evaluation
     doc = json.loads((bert2bert_run / "metrics.json").read_text())
     eval_file = tmp_path / "eval.jsonl"
     cfg = build_config(load_yaml(bert2bert_run / "config.yaml"))

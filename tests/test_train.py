@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 
 import pytest
@@ -26,6 +27,7 @@ def e2e(tmp_path_factory):
             "--set", "training.log_every=5", "--set", "doctor.train_eval_examples=0"]
     capture = pytest.MonkeyPatch()
     capture.setattr(sys, "argv", ["transferlab", *args])
+    capture.setattr(logging.getLogger("transferlab"), "handlers", [])  # main() adds one on this stderr
     try:
         main()
     except SystemExit as exit_:

@@ -121,7 +121,7 @@ def compare_table(result, title: str) -> Table:
     rows = result.rows
     sizes = len({r["train_size"] for r in rows}) > 1
     table = Table(title=title, title_justify="left")
-    table.add_column("strategy")
+    table.add_column("strategy", overflow="fold")  # wrapped, never cut: it names the run
     table.add_column("trainable %", justify="right")
     if sizes:
         table.add_column("train examples", justify="right")

@@ -131,7 +131,7 @@ def demo(
             "strategy": {"name": "freeze-attention"},
             "training": {"epochs": 3 if full else 2, "eval_every": 200}}
     if not full:
-        base["data"] = {"max_train_examples": 4000, "max_eval_examples": 1000}
+        base["data"] = {"max_train_examples": 6000, "max_eval_examples": 1000}
     cfg = resolve_config(None, {}, [], base=base)
     _train_and_show(cfg, resume=False, overwrite=True)
     console.print("[bold]predictions on new reviews[/]")
@@ -288,7 +288,7 @@ def _write_rows(rows: list[dict], output: Path | None, line) -> None:
     """Print each prediction row as `line(row)`, or write the rows to a .csv / .jsonl file."""
     if output is None:
         for row in rows:
-            console.print(line(row), highlight=False)
+            console.print(line(row), highlight=False, markup=False)  # texts may hold [brackets]
     elif output.suffix == ".csv":
         pd.DataFrame(rows).to_csv(output, index=False)
     elif output.suffix in (".jsonl", ".json"):

@@ -20,6 +20,8 @@ from transferlab.deploy.artifacts import backend_file, model_dir_of
 from transferlab.errors import UserError
 
 BACKENDS = ("onnx", "torch")
+# the feed-forward output projection of each layer of a BERT-like encoder
+FFN_OUTPUT = re.compile(r"layer\.\d+\.output\.dense$")
 
 
 @dataclass(frozen=True)
@@ -66,14 +68,19 @@ def quantize_onnx_file(src: Path, dst: Path, recipe: OnnxRecipe = DEFAULT_RECIPE
 
 
 def quantize_torch_model(model: nn.Module) -> nn.Module:
-    """PyTorch dynamic int8 quantization of the Linear layers (per-channel weights), on a copy."""
+    """PyTorch dynamic int8 of the encoder's Linear layers (per-channel weights), on a copy.
+
+    The feed-forward output projections stay fp32: PyTorch quantizes activations to 7 bits on x86, and their
+    input (the GELU output) has outliers that leave too few levels for ordinary values (README)."""
     import copy
 
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
+    spec = {name: per_channel_dynamic_qconfig for name, module in model.backbone.named_modules(prefix="backbone")
+            if isinstance(module, nn.Linear) and not FFN_OUTPUT.search(name)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao.quantization is deprecated in favour of torchao
-        return quantize_dynamic(copy.deepcopy(model), {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
+        return quantize_dynamic(copy.deepcopy(model), spec, dtype=torch.qint8)
 
 
 def quantize(path: str | Path, backend: str = "onnx", recipe: OnnxRecipe = DEFAULT_RECIPE) -> Path:

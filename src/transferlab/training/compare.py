@@ -22,7 +22,7 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from transferlab.config import RunConfig, build_config
 from transferlab.data.augment import AugmentConfig
@@ -270,9 +270,10 @@ def _figure() -> tuple[Figure, Axes]:
 
 def _save(fig: Figure, ax: Axes, xlabel: str, metric: str, title: str, path: Path) -> Path:
     ax.set_xscale("log")
-    plain = FuncFormatter(lambda value, _: f"{value:g}")  # 20, 200, not 2×10¹
-    ax.xaxis.set_major_formatter(plain)
-    ax.xaxis.set_minor_formatter(plain)
+    # ticks at 1, 2, 5 × 10^k written plainly (20, 200), not as 2×10¹; unlabelled minor ticks
+    ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(xlabel)
     ax.set_ylabel(metric)
     ax.set_title(title)
