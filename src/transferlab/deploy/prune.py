@@ -122,7 +122,7 @@ def prune_heads(model: nn.Module, amount: float, batches) -> dict[int, list[int]
         current[layer] = sorted(current.get(layer, []) + heads)
     # string keys: the form a JSON config round-trips to
     model.config.pruned_heads = {str(k): v for k, v in sorted(current.items())}
-    return removed
+    return {layer: sorted(heads) for layer, heads in sorted(removed.items())}
 
 
 def check_amount(amount: float) -> None:
