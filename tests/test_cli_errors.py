@@ -51,7 +51,7 @@ def train_args(data: Path, *extra: str) -> list[str]:
             "--max-length", "32", "--epochs", "1", "--batch-size", "16", "--output", "runs", *extra]
 
 
-def assert_user_error(result: tuple[int, str, str], *fragments: str) -> str:
+def assert_user_error(result: tuple[int, str, str], *fragments: str) -> None:
     """Exit code 2; stderr ends with one paragraph (after any warnings), no traceback, naming every fragment."""
     code, out, err = result
     assert code == 2, (code, out, err)
@@ -61,7 +61,6 @@ def assert_user_error(result: tuple[int, str, str], *fragments: str) -> str:
     assert len(message.splitlines()) == 1, message
     for fragment in fragments:
         assert fragment in message, (fragment, message)
-    return message
 
 
 def write(path: Path, content: str | bytes) -> Path:
