@@ -68,7 +68,7 @@ def test_head_pruned_model_exports_to_onnx(heads_pruned):
 
 
 def test_recovery_fine_tuning_keeps_the_pruned_weights_at_zero(deploy_run):
-    result = prune_run(deploy_run, "magnitude", 0.5, epochs=0.25, lr=1e-4, show_progress=False)
+    result = prune_run(deploy_run, "magnitude", 0.5, epochs=0.1, lr=1e-4, show_progress=False)
     assert 0 <= result.finetune_metrics["accuracy"] <= 1
     assert result.sparsity >= 0.5 - 0.005  # the masks stayed on while the optimizer stepped
 
@@ -100,7 +100,7 @@ def test_distillation_loss_mixes_soft_and_hard_targets(teacher, deploy_run):
 
 
 def test_distill_trains_a_smaller_student(deploy_run, teacher):
-    out, layers, metrics = distill_run(deploy_run, student_layers=2, epochs=0.25, show_progress=False)
+    out, layers, metrics = distill_run(deploy_run, student_layers=2, epochs=0.1, show_progress=False)
     assert layers == [2, 5] and 0 <= metrics["accuracy"] <= 1
     student = load_torch_model(out, "classification")
     assert count_parameters(student)[0] < count_parameters(teacher)[0]

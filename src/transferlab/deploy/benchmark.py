@@ -135,6 +135,7 @@ def plot_benchmark(rows: list[Measurement], path: Path) -> None:
     ax.set_ylabel("eval accuracy")
     ax.set_title("size (point area) vs latency vs accuracy")
     ax.grid(alpha=0.3)
+    ax.margins(x=0.15, y=0.1)  # room for the labels of the outermost points
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

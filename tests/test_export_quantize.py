@@ -1,21 +1,28 @@
-"""Export to ONNX and TorchScript: dynamic axes, parity with PyTorch on real inputs, clear errors."""
+"""Export (ONNX, TorchScript), int8 quantization and the benchmark, on one copy of the tiny run.
+
+One module, so the ONNX export the quantization and benchmark tests build on is made once.
+"""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import onnx
 import pytest
 from deploy_helpers import copy_run, run_cli
 
+from transferlab.deploy.evalset import accuracy, load_eval_set
 from transferlab.deploy.export import PARITY_TOLERANCE, export_model
 from transferlab.deploy.predictor import Predictor
+from transferlab.deploy.quantize import quantize
 from transferlab.errors import UserError
 
 
 @pytest.fixture(scope="module")
 def deploy_run(tiny_run, tmp_path_factory):
     """This module's own copy of the tiny run: exports write into its model directory."""
-    return copy_run(tiny_run, tmp_path_factory.mktemp("export") / "run")
+    return copy_run(tiny_run, tmp_path_factory.mktemp("deploy") / "run")
 
 
 TEXTS = ["Superb.", "The film drags badly in its second hour and never recovers from it.", "Fine, I guess.",
@@ -70,3 +77,57 @@ def test_export_errors_are_user_errors(deploy_run, tmp_path, monkeypatch, capsys
         Predictor(deploy_run, "onnx", int8=True)
     code, _out, err = run_cli(monkeypatch, capsys, "export", str(tmp_path), "--format", "onnx")
     assert code == 2 and "neither a run directory" in err
+
+
+def probabilities(predictor: Predictor, texts: list[str]) -> np.ndarray:
+    logits = predictor.outputs(texts)["logits"]
+    exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def test_onnx_int8_is_smaller_and_agrees_with_fp32(deploy_run, monkeypatch, capsys):
+    code, out, _err = run_cli(monkeypatch, capsys, "quantize", str(deploy_run), "--eval-limit", "40")
+    assert code == 0
+    fp32, int8 = deploy_run / "model" / "model.onnx", deploy_run / "model" / "model.int8.onnx"
+    assert int8.stat().st_size < 0.75 * fp32.stat().st_size
+    # the command prints both accuracies side by side
+    assert "onnx fp32" in out and "onnx int8" in out and "Δ points" in out
+    evalset = load_eval_set(deploy_run, limit=40)
+    ref, q = Predictor(fp32), Predictor(int8)
+    assert abs(accuracy(ref, evalset) - accuracy(q, evalset)) <= 0.05
+    assert np.abs(probabilities(ref, evalset.texts) - probabilities(q, evalset.texts)).max() < 0.1
+
+
+def test_torch_int8_backend_saves_torchscript(deploy_run):
+    path = quantize(deploy_run, "torch")
+    assert path.name == "model.int8.torchscript.pt"
+    texts = load_eval_set(deploy_run, limit=20).texts
+    ref = probabilities(Predictor(deploy_run, "torch"), texts)
+    # the saved TorchScript and quantization at load time are the same int8 model
+    traced = probabilities(Predictor(path), texts)
+    eager = probabilities(Predictor(deploy_run, "torch", int8=True), texts)
+    assert np.abs(traced - eager).max() < 1e-4
+    assert np.abs(traced - ref).max() < 0.1
+
+
+def test_quantize_rejects_unknown_backend(deploy_run):
+    with pytest.raises(UserError, match="Unknown quantization backend 'tensorrt'"):
+        quantize(deploy_run, "tensorrt")
+
+
+def test_benchmark_measures_every_variant(deploy_run, monkeypatch, capsys):
+    if not (deploy_run / "model" / "model.int8.onnx").is_file():  # run alone, without the test above
+        quantize(deploy_run, "onnx")
+    code, out, _err = run_cli(monkeypatch, capsys, "benchmark", str(deploy_run), "--repeats", "3", "--warmup", "1",
+                              "--batches", "1", "--eval-limit", "16")
+    assert code == 0
+    doc = json.loads((deploy_run / "benchmark.json").read_text())
+    names = [v["variant"] for v in doc["variants"]]
+    assert names[0] == "torch fp32" and {"onnx fp32", "onnx int8"} <= set(names)
+    for row in doc["variants"]:
+        assert row["size_mb"] > 0 and 0 < row["latency_p50_ms"] <= row["latency_p95_ms"]
+        assert row["throughput_per_s"] > 0 and 0 <= row["accuracy"] <= 1
+    assert "benchmark of" in out and "Δ points" in out
+    sizes = {v["variant"]: v["size_mb"] for v in doc["variants"]}
+    assert sizes["onnx int8"] < sizes["onnx fp32"]
+    assert (deploy_run / "plots" / "benchmark.png").stat().st_size > 0
