@@ -1,6 +1,10 @@
 """Our service against a naive per-request `transformers.pipeline` server, under the same concurrent load.
 
-    python benchmarks/serve_load.py runs/demo [--requests 600] [--concurrency 32] [--backend onnx --int8]
+    python benchmarks/serve_load.py runs/demo [--requests 600] [--concurrency 32] [--serve torch,onnx-int8]
+
+Our service is measured in each --serve configuration (torch = fp32 weights, bf16 autocast where the CPU
+has it; onnx-int8 = the quantized model `transferlab quantize` writes, which must exist; also onnx,
+torchscript, torch-fp32).
 
 Both servers run as subprocesses on loopback ports, one after the other (never competing for the CPU); the
 same bounded load (at most --concurrency requests in flight, one review per request, real eval texts) drives
@@ -120,8 +124,8 @@ def main() -> None:
     parser.add_argument("run", help="run directory (with model/ and config.yaml)")
     parser.add_argument("--requests", type=int, default=600)
     parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--backend", default="torch", help="backend of our service: torch | onnx | torchscript")
-    parser.add_argument("--int8", action="store_true", help="our service serves the int8 model")
+    parser.add_argument("--serve", default="torch,onnx-int8", help="our service's configurations, comma-separated")
+    parser.add_argument("--threads", type=int, help="inference threads of our service (default: torch's)")
     parser.add_argument("--naive-server", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -138,16 +142,21 @@ def main() -> None:
     texts = load_eval_set(run).texts
     print(f"{args.requests} requests, {args.concurrency} in flight, one review per request, "
           f"{os.cpu_count()} cores\n", flush=True)
-    ours_port, naive_port = free_port(), free_port()
-    ours_cmd = [str(TRANSFERLAB), "serve", str(run), "--port", str(ours_port), "--backend", args.backend,
-                *(["--int8"] if args.int8 else [])]
-    ours = measure(f"transferlab serve ({args.backend}{' int8' if args.int8 else ''})", ours_cmd,
-                   f"http://127.0.0.1:{ours_port}", texts, args)
-    naive_cmd = [sys.executable, __file__, str(model_dir_of(run)), "--naive-server", "--port", str(naive_port)]
-    naive = measure("naive pipeline server (torch)", naive_cmd, f"http://127.0.0.1:{naive_port}", texts, args)
-    print(f"\nthroughput ratio: {ours['requests_per_s'] / naive['requests_per_s']:.1f}x "
-          f"(target >= 3x with zero errors)")
-
+    results = {}
+    for config in args.serve.split(","):
+        backend, _, variant = config.partition("-")
+        flags = ["--int8"] if variant == "int8" else ["--precision", "fp32"] if variant == "fp32" else []
+        port = free_port()
+        command = [str(TRANSFERLAB), "serve", str(run), "--port", str(port), "--backend", backend, *flags,
+                   *(["--threads", str(args.threads)] if args.threads else [])]
+        results[config] = measure(f"transferlab serve ({config})", command, f"http://127.0.0.1:{port}", texts, args)
+    port = free_port()
+    naive_cmd = [sys.executable, __file__, str(model_dir_of(run)), "--naive-server", "--port", str(port)]
+    naive = measure("naive pipeline server (torch)", naive_cmd, f"http://127.0.0.1:{port}", texts, args)
+    print()
+    for config, ours in results.items():
+        print(f"throughput ratio, {config}: {ours['requests_per_s'] / naive['requests_per_s']:.1f}x "
+              f"(target >= 3x with zero errors)")
 
 if __name__ == "__main__":
     main()

@@ -68,6 +68,19 @@ def test_predict_contract_is_kept(deploy_run, torch_predictor):
     assert torch_predictor.predict([]) == []
 
 
+def test_bf16_autocast_stays_close_to_fp32(deploy_run, torch_predictor):
+    torch_predictor.batch_size = 32
+    bf16 = Predictor(deploy_run, "torch", precision="bf16", batch_size=32)
+    assert bf16.name == "torch bf16" and torch_predictor.name == "torch fp32"
+    ref, got = torch_predictor.outputs(TEXTS)["logits"], bf16.outputs(TEXTS)["logits"]
+    assert got.dtype == np.float32 and not np.array_equal(ref, got)  # it did run in bf16...
+    assert np.abs(ref - got).max() < 0.1  # ...within bf16's 8-bit mantissa of the fp32 logits
+    with pytest.raises(UserError, match="bf16 applies to the fp32 torch backend, not to onnx"):
+        Predictor(deploy_run, "onnx", precision="bf16")
+    with pytest.raises(UserError, match="Unknown precision 'fp16'"):
+        Predictor(deploy_run, "torch", precision="fp16")
+
+
 def test_export_errors_are_user_errors(deploy_run, tmp_path, monkeypatch, capsys):
     with pytest.raises(UserError, match="Unknown export format 'tflite'"):
         export_model(deploy_run, "tflite")

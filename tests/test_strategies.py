@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -10,7 +12,7 @@ from transferlab.config import ModelConfig, build_config, load_yaml
 from transferlab.errors import UserError
 from transferlab.models.backbone import resolve_model_dir
 from transferlab.models.groups import layer_groups
-from transferlab.strategies.named import FASTAI_DECAY, StrategyOptions, build_plan, plan_for_config
+from transferlab.strategies.named import FASTAI_DECAY, HEAD_LR, StrategyOptions, build_plan, plan_for_config
 from transferlab.tasks.classification import ClassificationTask
 
 LAYERS = [f"layer.{i}.{part}" for i in range(6) for part in ("attention", "ffn")]
@@ -24,6 +26,15 @@ def groups():
 
 def compile_plan(groups, strategy, **options):
     return build_plan(strategy, groups, StrategyOptions(**options)).resolve(groups)
+
+
+@pytest.mark.parametrize("strategy, body_lr", [("full", 3e-5), ("freeze-bottom:2", 5e-5), ("freeze-attention", 1e-4)])
+def test_a_new_head_learns_faster_than_the_pretrained_body(groups, strategy, body_lr):
+    (phase,) = compile_plan(groups, strategy)
+    assert phase.lrs["head"] == HEAD_LR == 1e-3 and phase.lrs["layer.5.ffn"] == body_lr
+    assert compile_plan(groups, strategy, head_lr=2e-4)[0].lrs["head"] == 2e-4
+    pretrained_head = replace(groups, new_head=False)  # a seq2seq LM head: it keeps the body's lr
+    assert compile_plan(pretrained_head, strategy, lr=7e-5)[0].lrs["head"] == 7e-5
 
 
 def test_progressive_unfreezes_one_layer_per_phase_from_the_top(groups):

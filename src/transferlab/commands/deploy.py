@@ -145,6 +145,8 @@ def serve(
     backend: Opt[str, typer.Option(help="torch | onnx | torchscript")] = "torch",
     int8: Opt[bool, typer.Option("--int8", help="serve the int8 model of the backend")] = False,
     threads: Opt[int | None, typer.Option(help="CPU threads for inference")] = None,
+    precision: Opt[str, typer.Option(help="torch fp32 backend: auto (bf16 autocast where the CPU runs it "
+                                          "natively) | bf16 | fp32")] = "auto",
     max_batch: Opt[int, typer.Option(help="most texts in one batched forward pass")] = 64,
     max_wait_ms: Opt[float, typer.Option(help="how long a request waits for others to batch with")] = 5.0,
     max_items: Opt[int, typer.Option(help="most texts in one request")] = 64,
@@ -156,7 +158,8 @@ def serve(
     from transferlab.deploy.service import Limits
     from transferlab.deploy.service import serve as run_server
 
-    predictor = Predictor(model, backend, int8, batch_size=max_batch, threads=threads)
+    predictor = Predictor(model, backend, int8, batch_size=max_batch, threads=threads, precision=precision,
+                          spin_wait=False)
     limits = Limits(max_items=max_items, max_chars=max_chars, max_body_bytes=max_body_kb * 1024,
                     max_batch=max_batch, max_wait_ms=max_wait_ms)
     console.print(f"serving {predictor.model_dir} ({predictor.name}) on http://{host}:{port} - docs at /docs")

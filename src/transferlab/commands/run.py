@@ -15,9 +15,11 @@ from transferlab.config import RunConfig, apply_override, build_config, load_yam
 from transferlab.console import metrics_table, plan_table
 from transferlab.deploy.predictor import Predictor
 from transferlab.errors import UserError
+from transferlab.strategies.named import strategy_usage
 
 console = Console()
 
+STRATEGY_HELP = strategy_usage().replace(", ", " | ")
 DEMO_REVIEWS = [
     "Best movie ever!",
     "A tedious, overlong mess with nothing to say.",
@@ -83,8 +85,7 @@ def train(
     text_pair_column: Opt[str | None, typer.Option(help="second text column for sentence pairs")] = None,
     max_train_examples: Opt[int | None, typer.Option(help="stratified subset of the train split")] = None,
     max_eval_examples: Opt[int | None, typer.Option()] = None,
-    strategy: Opt[str | None, typer.Option(help="full | feature-extraction | freeze-bottom:N | freeze-attention")]
-    = None,
+    strategy: Opt[str | None, typer.Option(help=STRATEGY_HELP)] = None,
     lr: Opt[float | None, typer.Option(help="base learning rate (default: the strategy's)")] = None,
     head_lr: Opt[float | None, typer.Option()] = None,
     epochs: Opt[float | None, typer.Option()] = None,
@@ -140,9 +141,7 @@ def demo(
 
 
 def plan(
-    strategy: Opt[str | None, typer.Option(help="progressive[:DEPTH] | gradual[:DEPTH] | llrd[:DECAY|fastai] | "
-                                           "full | feature-extraction | freeze-bottom:N | freeze-attention | custom")]
-    = None,
+    strategy: Opt[str | None, typer.Option(help=STRATEGY_HELP)] = None,
     model: Opt[str | None, typer.Option(help="'minilm' or a local HF model directory")] = None,
     config: Opt[Path | None, typer.Option(help="YAML run config (e.g. a custom plan in strategy.phases)")] = None,
     lr: Opt[float | None, typer.Option(help="base learning rate (default: the strategy's)")] = None,
@@ -265,15 +264,11 @@ def predict(
 
 def _questions(questions: list[str] | None, context: str | None, input: Path | None) -> tuple[list[str], list[str]]:
     """(questions, contexts) for a QA model: --question(s) about one --context, or the columns of --input."""
-    from transferlab.data.sources import load_table
+    from transferlab.data.sources import read_text_columns
 
     if input is not None:
-        frame = load_table(input)
-        missing = [column for column in ("question", "context") if column not in frame]
-        if missing:
-            raise UserError(f"{input}: no column {missing[0]!r} (columns: {', '.join(map(str, frame.columns))}).",
-                            "A QA model reads its questions from the columns question and context.")
-        return frame["question"].fillna("").tolist(), frame["context"].fillna("").tolist()
+        questions, contexts = read_text_columns(input, ("question", "context"), "A QA model")
+        return questions, contexts
     if not questions or context is None:
         raise UserError("predict: a QA model needs --question and --context (or --input with question and "
                         "context columns).", 'Pass e.g. --question "Who directed it?" --context "..."')

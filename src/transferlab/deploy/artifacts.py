@@ -13,7 +13,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from transferlab.errors import UserError
+from transferlab.precision import native_bf16
 
 WEIGHTS = "model.safetensors"
 BACKENDS = ("torch", "torchscript", "onnx")
@@ -90,11 +93,12 @@ class Variant:
     model_dir: Path
     backend: str
     int8: bool = False
+    bf16: bool = False  # torch only: fp32 weights run under bf16 autocast
 
     @property
     def name(self) -> str:
         base = "" if self.model_dir.name == "model" else f"{self.model_dir.name} "
-        return f"{base}{self.backend} {'int8' if self.int8 else 'fp32'}"
+        return f"{base}{self.backend} {'int8' if self.int8 else 'bf16' if self.bf16 else 'fp32'}"
 
     @property
     def file(self) -> Path:
@@ -112,6 +116,8 @@ def variants(run_dir: Path) -> list[Variant]:
         if not (model_dir / "config.json").is_file():
             continue
         found.append(Variant(model_dir, "torch"))
+        if model_dir.name == "model" and native_bf16(torch.device("cpu")):
+            found.append(Variant(model_dir, "torch", bf16=True))
         found += [Variant(model_dir, backend, int8) for (backend, int8), name in FILES.items()
                   if (model_dir / name).is_file()]
     return found

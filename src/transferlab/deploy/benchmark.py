@@ -77,7 +77,7 @@ def measure(variant: Variant, evalset: EvalSet | None, settings: Settings) -> Me
     """One variant's size, batch-1 latency percentiles, batch-32 throughput and eval accuracy."""
     threads = settings.threads or torch.get_num_threads()
     predictor = Predictor(variant.model_dir, variant.backend, variant.int8, batch_size=THROUGHPUT_BATCH,
-                          threads=threads)
+                          threads=threads, precision="bf16" if variant.bf16 else "fp32")
     texts = evalset.texts if evalset else ["A quietly moving film with a terrific lead performance."]
     lat = latencies(predictor, texts, settings.repeats, settings.warmup) * 1000
     rate = throughput(predictor, texts, settings.throughput_batches, settings.throughput_repeats)

@@ -27,6 +27,7 @@ from transferlab.deploy.artifacts import (
 from transferlab.errors import UserError
 from transferlab.models.backbone import load_tokenizer
 from transferlab.models.modeling_transferlab import TransferlabForSequenceClassification
+from transferlab.precision import PRECISIONS, autocast_dtype
 
 DEFAULT_MAX_LENGTH = 256
 # the order of the positional inputs of exported models (those the tokenizer produces)
@@ -87,19 +88,22 @@ def load_torch_model(model_dir: Path, task: str) -> torch.nn.Module:
 
 
 class TorchBackend:
-    """Eager PyTorch; `int8` applies dynamic int8 quantization of the Linear layers at load time."""
+    """Eager PyTorch; `int8` applies dynamic int8 quantization of the Linear layers at load time, `bf16` runs
+    the forward pass under bf16 autocast (about 1.8x the fp32 throughput on a CPU with avx512_bf16)."""
 
-    def __init__(self, model_dir: Path, task: str, int8: bool):
+    def __init__(self, model_dir: Path, task: str, int8: bool, bf16: bool = False):
         self.model = load_torch_model(model_dir, task)
         if int8:
             from transferlab.deploy.quantize import quantize_torch_model
 
             self.model = quantize_torch_model(self.model)
         self.outputs = task_io(task).outputs
+        self.bf16 = bf16
 
     @torch.inference_mode()
     def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = self.model(**{k: torch.from_numpy(v) for k, v in inputs.items()})
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            out = self.model(**{k: torch.from_numpy(v) for k, v in inputs.items()})
         return {name: getattr(out, name).float().numpy() for name in self.outputs}
 
 
@@ -122,7 +126,7 @@ class TorchScriptBackend:
 class OnnxBackend:
     """An ONNX Runtime CPU session over an exported (optionally int8) model."""
 
-    def __init__(self, path: Path, threads: int | None):
+    def __init__(self, path: Path, threads: int | None, spin_wait: bool = True):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -130,6 +134,8 @@ class OnnxBackend:
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
+        if not spin_wait:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.names = [i.name for i in self.session.get_inputs()]
         self.outputs = [o.name for o in self.session.get_outputs()]
@@ -155,10 +161,14 @@ class Predictor:
 
     `backend`: torch | torchscript | onnx (default: the file's, or torch for a directory); `int8` picks the
     quantized form (ONNX/TorchScript: the file `transferlab quantize` wrote; torch: quantized at load).
+    `precision` (torch fp32 only): fp32, bf16 (autocast), or auto = bf16 where the CPU runs it natively.
+    `spin_wait=False` stops ONNX Runtime's threads busy-waiting between ops: slower alone, but a server's
+    event loop gets the cycles (measured: 124 -> 156 requests/s for the int8 service on 2 cores).
     """
 
     def __init__(self, path: str | Path, backend: str | None = None, int8: bool = False, batch_size: int = 32,
-                 max_length: int | None = None, threads: int | None = None):
+                 max_length: int | None = None, threads: int | None = None, precision: str = "fp32",
+                 spin_wait: bool = True):
         path = Path(path)
         if path.is_file():
             backend, int8 = backend_of_file(path)
@@ -173,6 +183,7 @@ class Predictor:
         self.tokenizer = load_tokenizer(self.model_dir)
         self.input_names = input_names(self.tokenizer)
         self.backend, self.int8 = backend, int8
+        self.bf16 = self._bf16(precision)
         self.batch_size = batch_size
         self.max_length = max_length or run_max_length(self.model_dir)
         if threads and backend != "onnx":
@@ -183,18 +194,27 @@ class Predictor:
             raise UserError(f"'{self.model_dir}' has no {backend} {'int8 ' if int8 else ''}model ({self.file.name}).",
                             f"Create it with `transferlab {command} {self.model_dir}"
                             f"{' --backend ' + backend if int8 else ' --format ' + backend}`.")
-        self.run = self._load(threads)
+        self.run = self._load(threads, spin_wait)
 
-    def _load(self, threads: int | None):
+    def _bf16(self, precision: str) -> bool:
+        if precision not in PRECISIONS:
+            raise UserError(f"Unknown precision '{precision}'.", f"Choose one of: {', '.join(PRECISIONS)}.")
+        eager_fp32 = self.backend == "torch" and not self.int8
+        if precision == "bf16" and not eager_fp32:
+            raise UserError(f"Precision bf16 applies to the fp32 torch backend, not to {self.backend}"
+                            f"{' int8' if self.int8 else ''}.", "Use --backend torch without --int8, or fp32.")
+        return eager_fp32 and autocast_dtype(precision, torch.device("cpu")) is torch.bfloat16
+
+    def _load(self, threads: int | None, spin_wait: bool):
         if self.backend == "onnx":
-            return OnnxBackend(self.file, threads)
+            return OnnxBackend(self.file, threads, spin_wait)
         if self.backend == "torchscript":
             return TorchScriptBackend(self.file, self.task, self.input_names)
-        return TorchBackend(self.model_dir, self.task, self.int8)
+        return TorchBackend(self.model_dir, self.task, self.int8, self.bf16)
 
     @property
     def name(self) -> str:
-        return f"{self.backend} {'int8' if self.int8 else 'fp32'}"
+        return f"{self.backend} {'int8' if self.int8 else 'bf16' if self.bf16 else 'fp32'}"
 
     def encode(self, texts: list[str], text_pairs: list[str] | None = None) -> dict[str, np.ndarray]:
         """Token arrays of one batch, padded to its longest text, truncated to max_length."""

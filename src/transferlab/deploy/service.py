@@ -10,6 +10,7 @@ requests in flight, then drains the queue before the process exits.
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -196,5 +197,8 @@ def serve(predictor: Predictor, host: str = "127.0.0.1", port: int = 8000, limit
     """Run the service with uvicorn until SIGINT/SIGTERM; in-flight requests finish before exit."""
     import uvicorn
 
+    # the inference thread holds the GIL between torch ops; a shorter switch interval lets the event loop
+    # accept and parse requests while a batch runs, so the next batch is full when this one ends
+    sys.setswitchinterval(0.0005)
     uvicorn.run(create_app(predictor, limits), host=host, port=port, log_level=log_level,
                 timeout_graceful_shutdown=30)

@@ -57,6 +57,7 @@ class LayerGroups:
 
     groups: OrderedDict[str, list[tuple[str, nn.Parameter]]]
     num_layers: int
+    new_head: bool = True  # False where the head is pretrained (a seq2seq LM head): no higher default lr
 
     @property
     def names(self) -> list[str]:

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import (
+    ModelOutput,
     QuestionAnsweringModelOutput,
     SequenceClassifierOutput,
     TokenClassifierOutput,
@@ -129,6 +130,15 @@ class TransferlabPreTrainedModel(PreTrainedModel):
         elif hasattr(self.backbone, "_init_weights"):
             self.backbone._init_weights(module)
 
+    def encode(self, input_ids, attention_mask=None, token_type_ids=None) -> tuple[ModelOutput, torch.Tensor]:
+        """The backbone's output and the attention mask it used (all ones when none is given)."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:  # models without segments (RoBERTa, DistilBERT) reject the argument
+            kwargs["token_type_ids"] = token_type_ids
+        return self.backbone(**kwargs), attention_mask
+
 
 class SequenceHead(nn.Module):
     """pooled vector -> dropout -> dense -> activation -> dropout -> classifier."""
@@ -157,12 +167,9 @@ class TransferlabForSequenceClassification(TransferlabPreTrainedModel):
         self.head = SequenceHead(config)
         self.post_init()
 
-    def features(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
+    def features(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
         """The pooled vector the head consumes (what the frozen-feature cache stores)."""
-        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if token_type_ids is not None:
-            kwargs["token_type_ids"] = token_type_ids
-        out = self.backbone(**kwargs)
+        out, attention_mask = self.encode(input_ids, attention_mask, token_type_ids)
         if self.config.pooling == "pooler":
             return out.pooler_output
         return pool(out.last_hidden_state, attention_mask, self.config.pooling)
@@ -182,20 +189,10 @@ class TransferlabForSequenceClassification(TransferlabPreTrainedModel):
         **unused,
     ) -> SequenceClassifierOutput:
         if features is None:
-            if attention_mask is None:
-                attention_mask = torch.ones_like(input_ids)
             features = self.features(input_ids, attention_mask, token_type_ids)
         logits = self.head(features)
         loss = self.loss(logits, labels) if labels is not None else None
         return SequenceClassifierOutput(loss=loss, logits=logits)
-
-
-def token_states(backbone: nn.Module, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
-    """The backbone's last hidden states (batch, seq, hidden)."""
-    kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
-    if token_type_ids is not None:
-        kwargs["token_type_ids"] = token_type_ids
-    return backbone(**kwargs).last_hidden_state
 
 
 def bio_moves(labels: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -320,10 +317,8 @@ class TransferlabForTokenClassification(TransferlabPreTrainedModel):
         tag_mask: torch.Tensor | None = None,
         **unused,
     ) -> TaggerOutput:
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        hidden = token_states(self.backbone, input_ids, attention_mask, token_type_ids)
-        emissions = self.classifier(self.dropout(hidden)).float()
+        out, attention_mask = self.encode(input_ids, attention_mask, token_type_ids)
+        emissions = self.classifier(self.dropout(out.last_hidden_state)).float()
         if tag_mask is None:
             tag_mask = labels != -100 if labels is not None else attention_mask
         tagged = tag_mask.bool()
@@ -371,9 +366,7 @@ class TransferlabForQuestionAnswering(TransferlabPreTrainedModel):
         end_positions: torch.Tensor | None = None,
         **unused,
     ) -> QuestionAnsweringModelOutput:
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        hidden = token_states(self.backbone, input_ids, attention_mask, token_type_ids)
+        hidden = self.encode(input_ids, attention_mask, token_type_ids)[0].last_hidden_state
         start_logits, end_logits = self.qa_outputs(hidden).float().unbind(dim=-1)
         loss = None
         if start_positions is not None and end_positions is not None:

@@ -15,6 +15,7 @@ from transferlab.errors import UserError
 from transferlab.models.groups import LayerGroups
 from transferlab.strategies.plan import Phase, Plan
 
+HEAD_LR = 1e-3  # a new, randomly initialised head needs a far higher lr than the pretrained body below it
 FASTAI_DECAY = 1 / 2.6  # fastai / ULMFiT: each layer group down gets the lr divided by 2.6
 DECAY_PRESETS = {"fastai": FASTAI_DECAY}
 
@@ -118,9 +119,10 @@ def _one_phase(name: str, lrs: dict[str, float], opts: StrategyOptions) -> list[
     return [Phase(name=name, epochs=opts.epochs, lrs=lrs, warmup=opts.warmup, schedule=opts.schedule)]
 
 
-def _body_and_head(body: list[str], lr: float, head_lr: float) -> dict[str, float]:
+def _body_and_head(groups: LayerGroups, body: list[str], lr: float, opts: StrategyOptions) -> dict[str, float]:
+    """The body groups at `lr`; the head at its own lr (HEAD_LR by default when it is new, else `lr`)."""
     lrs = {g: lr for g in body}
-    lrs["head"] = head_lr
+    lrs["head"] = opts.head_lr or (HEAD_LR if groups.new_head else lr)
     return lrs
 
 
@@ -128,12 +130,12 @@ def full(groups: LayerGroups, opts: StrategyOptions, arg: str | None) -> list[Ph
     _no_arg("full", arg)
     lr = opts.lr or 3e-5
     body = [g for g in groups.names if g != "head"]
-    return _one_phase("full", _body_and_head(body, lr, opts.head_lr or lr), opts)
+    return _one_phase("full", _body_and_head(groups, body, lr, opts), opts)
 
 
 def feature_extraction(groups: LayerGroups, opts: StrategyOptions, arg: str | None) -> list[Phase]:
     _no_arg("feature-extraction", arg)
-    return _one_phase("head only", {"head": opts.head_lr or opts.lr or 1e-3}, opts)
+    return _one_phase("head only", {"head": opts.head_lr or opts.lr or HEAD_LR}, opts)
 
 
 def freeze_bottom(groups: LayerGroups, opts: StrategyOptions, arg: str | None) -> list[Phase]:
@@ -148,7 +150,7 @@ def freeze_bottom(groups: LayerGroups, opts: StrategyOptions, arg: str | None) -
             and (int(g.split(".")[1]) if g.split(".")[1].isdigit() else top) >= n]
     # an encoder-decoder's decoder layers sit above every encoder layer: they learn
     body += [g for g in groups.names if g == "pooler" or g.startswith("decoder.")]
-    return _one_phase(f"freeze bottom {n}", _body_and_head(body, lr, opts.head_lr or lr), opts)
+    return _one_phase(f"freeze bottom {n}", _body_and_head(groups, body, lr, opts), opts)
 
 
 def freeze_attention(groups: LayerGroups, opts: StrategyOptions, arg: str | None) -> list[Phase]:
@@ -156,7 +158,7 @@ def freeze_attention(groups: LayerGroups, opts: StrategyOptions, arg: str | None
     lr = opts.lr or 1e-4
     # a decoder's cross-attention (decoder.i.cross) is its bridge to the encoder, and new in a warm start: it learns
     body = [g for g in groups.names if g.endswith((".ffn", ".cross")) or g == "pooler"]
-    return _one_phase("ffn + head", _body_and_head(body, lr, opts.head_lr or lr), opts)
+    return _one_phase("ffn + head", _body_and_head(groups, body, lr, opts), opts)
 
 
 def llrd(groups: LayerGroups, opts: StrategyOptions, arg: str | None) -> list[Phase]:
@@ -186,7 +188,7 @@ def _unfreezing(groups: LayerGroups, opts: StrategyOptions, arg: str | None, str
                         "Unfreeze every layer (leave the depth out) or set unfreeze_embeddings: false.")
     n = 1 + depth + opts.unfreeze_embeddings
     lrs = _per_phase(opts.phase_lrs, n, "phase_lrs", strategy) or \
-        [opts.head_lr or 1e-3] + [opts.lr or 1e-4] * (n - 1)
+        [opts.head_lr or HEAD_LR] + [opts.lr or 1e-4] * (n - 1)
     epochs = _per_phase(opts.epochs_per_phase, n, "epochs_per_phase", strategy) or [round(opts.epochs / n, 4)] * n
     phases = []
     for k in range(n):

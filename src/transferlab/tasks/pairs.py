@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 
 from transferlab.config import ModelConfig, PairsConfig, RunConfig
-from transferlab.data.sources import check_eval_labels, label_names, load_table
+from transferlab.data.sources import check_eval_labels, label_names, read_text_columns
 from transferlab.deploy.predictor import Predictor
 from transferlab.errors import UserError
 from transferlab.evaluation.metrics import classification_metrics, regression_metrics
@@ -130,12 +130,7 @@ def predict_rows(run: str | Path, texts: list[str] | None, input: Path | None) -
     """`transferlab predict` on a pairs model: the pairs of the text_a / text_b columns of `input`, or the
     texts taken two by two; one row per pair (label and probability, or score), then text_a and text_b."""
     if input is not None:
-        frame = load_table(input)
-        missing = [column for column in ("text_a", "text_b") if column not in frame]
-        if missing:
-            raise UserError(f"{input}: no column {missing[0]!r} (columns: {', '.join(map(str, frame.columns))}).",
-                            "A pairs model reads its pairs from the columns text_a and text_b.")
-        first, second = (frame[c].fillna("").astype(str).tolist() for c in ("text_a", "text_b"))
+        first, second = read_text_columns(input, ("text_a", "text_b"), "A pairs model")
     else:
         texts = texts or []
         if not texts or len(texts) % 2:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -140,7 +140,7 @@ class Text2TextTask(Task):
         return model
 
     def layer_groups(self, model: torch.nn.Module) -> LayerGroups:
-        return layer_groups(model, backbone_prefix="")
+        return replace(layer_groups(model, backbone_prefix=""), new_head=False)
 
     def encode(self, frame: pd.DataFrame, tokenizer: PreTrainedTokenizerBase, max_length: int) -> list[dict]:
         self.tokenizer = tokenizer

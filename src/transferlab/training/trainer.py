@@ -22,6 +22,7 @@ from transformers import get_scheduler
 
 from transferlab.config import TrainingConfig
 from transferlab.models.groups import LayerGroups
+from transferlab.precision import autocast_dtype
 from transferlab.strategies.plan import ResolvedPhase
 from transferlab.tasks.base import Task
 from transferlab.training.batching import LengthGroupedBatchSampler
@@ -53,19 +54,6 @@ class TrainState:
     last_save_step: int = -1
     optimizer_phase: int = -1
     extra: dict = field(default_factory=dict)
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for a precision setting: bf16 where the hardware runs it natively, else fp32."""
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    if device.type == "cpu" and getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)():
-        return torch.bfloat16
-    return None
 
 
 def model_inputs(batch: dict) -> dict:
