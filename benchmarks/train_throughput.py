@@ -36,7 +36,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--strategy", default="freeze-attention", help="full | freeze-attention | ...")
-    parser.add_argument("--lr", type=float, default=None, help="default: the strategy's")
+    parser.add_argument("--lr", type=float, default=1e-4, help="one lr for body and head (Trainer has one)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--hf-tuned", action="store_true", help="give HF bf16 and length-grouped batches too")
     parser.add_argument("--seed", type=int, default=42)
@@ -51,7 +51,7 @@ def bench_config(args: argparse.Namespace, output: Path) -> RunConfig:
         "name": "transferlab", "output_dir": str(output), "seed": args.seed,
         "data": {"max_train_examples": args.train, "max_eval_examples": args.eval},
         "model": {"max_length": args.max_length},
-        "strategy": {"name": args.strategy, "lr": args.lr},
+        "strategy": {"name": args.strategy, "lr": args.lr, "head_lr": args.lr},  # Trainer has one lr
         "training": {"epochs": args.epochs, "batch_size": args.batch_size},
         "doctor": {"enabled": False},  # its extra scoring pass is not part of the comparison
     }
