@@ -158,5 +158,6 @@ def main() -> None:
         print(f"throughput ratio, {config}: {ours['requests_per_s'] / naive['requests_per_s']:.1f}x "
               f"(target >= 3x with zero errors)")
 
+
 if __name__ == "__main__":
     main()

@@ -267,8 +267,7 @@ def _questions(questions: list[str] | None, context: str | None, input: Path | N
     from transferlab.data.sources import read_text_columns
 
     if input is not None:
-        questions, contexts = read_text_columns(input, ("question", "context"), "A QA model")
-        return questions, contexts
+        return read_text_columns(input, ("question", "context"), "A QA model")
     if not questions or context is None:
         raise UserError("predict: a QA model needs --question and --context (or --input with question and "
                         "context columns).", 'Pass e.g. --question "Who directed it?" --context "..."')

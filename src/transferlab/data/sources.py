@@ -210,14 +210,14 @@ def _scalars_as_strings(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def read_text_columns(path: Path, columns: tuple[str, ...], reader: str) -> list[list[str]]:
+def read_text_columns(path: Path, columns: tuple[str, ...], reader: str) -> tuple[list[str], ...]:
     """The named text columns of a prediction input file (missing cells as ""); `reader` names who reads them."""
     frame = load_table(path)
     missing = [column for column in columns if column not in frame]
     if missing:
         raise UserError(f"{path}: no column {missing[0]!r} (columns: {', '.join(map(str, frame.columns))}).",
                         f"{reader} reads its inputs from the columns {' and '.join(columns)}.")
-    return [frame[column].fillna("").astype(str).tolist() for column in columns]
+    return tuple(frame[column].fillna("").astype(str).tolist() for column in columns)
 
 
 def _require_column(table: pd.DataFrame, column: str, role: str, source: str) -> None:

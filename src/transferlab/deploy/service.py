@@ -198,7 +198,7 @@ def serve(predictor: Predictor, host: str = "127.0.0.1", port: int = 8000, limit
     import uvicorn
 
     # the inference thread holds the GIL between torch ops; a shorter switch interval lets the event loop
-    # accept and parse requests while a batch runs, so the next batch is full when this one ends
+    # accept and parse requests while a batch runs, so they are queued for the next batch sooner
     sys.setswitchinterval(0.0005)
     uvicorn.run(create_app(predictor, limits), host=host, port=port, log_level=log_level,
                 timeout_graceful_shutdown=30)
