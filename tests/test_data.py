@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from transferlab.data import sources
-from transferlab.data.sources import check_eval_labels, label_names, load_labelled, load_table
+from transferlab.data.sources import check_eval_labels, label_names, load_labelled, load_table, read_text_columns
 from transferlab.data.splits import stratified_kfold, stratified_split, subsample
 from transferlab.errors import UserError
 
@@ -292,3 +292,13 @@ def test_subsample():
     assert len(subsample(frame, len(frame))) == len(frame)
     assert "300" in _error(subsample, frame, 301)
     assert "at least 3" in _error(subsample, frame, 2)
+
+
+def test_prediction_inputs_are_read_by_column_and_a_missing_one_is_named(tmp_path):
+    path = tmp_path / "pairs.csv"
+    path.write_text("text_a,text_b\nGood film.,\nDull.,Boring.\n", encoding="utf-8")
+    first, second = read_text_columns(path, ("text_a", "text_b"), "A pairs model")
+    assert first == ["Good film.", "Dull."] and second == ["", "Boring."]  # a missing cell reads as ""
+    with pytest.raises(UserError, match=r"pairs.csv: no column 'question' \(columns: text_a, text_b\)") as err:
+        read_text_columns(path, ("question", "context"), "A QA model")
+    assert "A QA model reads its inputs from the columns question and context" in str(err.value)
