@@ -26,7 +26,7 @@ from transformers import Trainer as HFTrainer
 
 from transferlab.cli import quiet_libraries
 from transferlab.config import RunConfig, build_config
-from transferlab.run import PreparedRun, prepare_run
+from transferlab.pipeline import PreparedRun, prepare_run
 from transferlab.training.trainer import Trainer
 
 

@@ -25,7 +25,7 @@ from transformers import DataCollatorWithPadding, PrinterCallback, Trainer, Trai
 from transformers import set_seed as hf_set_seed
 
 from transferlab.config import RunConfig, apply_override, build_config
-from transferlab.run import prepare_run, train_run
+from transferlab.pipeline import prepare_run, train_run
 
 
 def parse_args() -> argparse.Namespace:

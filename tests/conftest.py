@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from transferlab.config import build_config
-from transferlab.run import train_run
+from transferlab.pipeline import train_run
 
 torch.set_num_threads(2)
 

@@ -8,7 +8,7 @@ from conftest import tiny_config
 
 from transferlab.config import build_config
 from transferlab.errors import UserError
-from transferlab.run import augment_train, train_run
+from transferlab.pipeline import augment_train, train_run
 
 FRAME = pd.DataFrame({"text": ["A fine, moving film about two brothers.", "Dull and far too long for its story."],
                       "text_pair": ["first", "second"], "label": ["positive", "negative"]})

@@ -14,10 +14,7 @@ from transferlab.commands.lab import parse_inits, parse_train_sizes
 from transferlab.config import build_config
 from transferlab.data.augment import AugmentConfig
 from transferlab.errors import UserError
-from transferlab.run import prepare_run
-from transferlab.strategies.plan import Phase, ResolvedPhase
-from transferlab.tasks.base import RunData
-from transferlab.training.compare import (
+from transferlab.lab.compare import (
     DEFAULT_AUGMENT,
     Variant,
     aggregate_variant,
@@ -28,6 +25,9 @@ from transferlab.training.compare import (
     variant_config,
     variants,
 )
+from transferlab.pipeline import prepare_run
+from transferlab.strategies.plan import Phase, ResolvedPhase
+from transferlab.tasks.base import RunData
 
 
 def test_variant_directory_names_are_safe_and_distinct():

@@ -12,8 +12,8 @@ from conftest import tiny_config
 from transferlab.cli import main
 from transferlab.config import build_config
 from transferlab.errors import UserError
+from transferlab.lab.cross_validation import aggregate_metrics, cross_validate, fold_data, summarize
 from transferlab.tasks.base import RunData
-from transferlab.training.cross_validation import aggregate_metrics, cross_validate, fold_data, summarize
 
 
 def _data(positives: int, negatives: int) -> RunData:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
-from transferlab.commands.lab import print_warnings
+from transferlab.commands.common import print_warnings
 from transferlab.config import DoctorConfig, TrainingConfig
 from transferlab.strategies.plan import Phase, ResolvedPhase
 from transferlab.training import doctor

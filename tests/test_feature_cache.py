@@ -12,7 +12,7 @@ from accelerate.utils import set_seed
 from conftest import tiny_config
 
 from transferlab.config import build_config
-from transferlab.run import prepare_run, train_run
+from transferlab.pipeline import prepare_run, train_run
 from transferlab.strategies.named import StrategyOptions, build_plan
 from transferlab.training import feature_cache
 from transferlab.training.feature_cache import CachePoint, build_phase_cache, cache_point

@@ -12,7 +12,7 @@ import pytest
 from transferlab.config import PairsConfig, build_config, load_yaml
 from transferlab.deploy.predictor import Predictor
 from transferlab.errors import UserError
-from transferlab.run import train_run
+from transferlab.pipeline import train_run
 from transferlab.tasks.pairs import read_scored_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,7 +57,7 @@ def test_sts_predict_and_evaluate_through_the_cli(sts_run, transferlab_cli, caps
     eval_file = tmp_path / "eval.csv"
     doc = json.loads((sts_run / "metrics.json").read_text())
     cfg = build_config(load_yaml(sts_run / "config.yaml"))
-    from transferlab.run import load_run_data
+    from transferlab.pipeline import load_run_data
 
     load_run_data(cfg).eval.rename(columns={"text": "text_a", "text_pair": "text_b", "label": "score"}).to_csv(
         eval_file, index=False)

@@ -15,7 +15,7 @@ from transferlab.config import build_config
 from transferlab.data.squad import load_squad
 from transferlab.errors import UserError
 from transferlab.models.backbone import load_tokenizer, resolve_model_dir
-from transferlab.run import train_run
+from transferlab.pipeline import train_run
 from transferlab.tasks.qa import QaPredictor, QaTask, answer_f1, best_span, normalize_answer, squad_metrics
 
 ROOT = Path(__file__).resolve().parent.parent

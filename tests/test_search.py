@@ -13,7 +13,7 @@ from conftest import tiny_config
 from transferlab.cli import main
 from transferlab.config import build_config, load_yaml
 from transferlab.errors import UserError
-from transferlab.training.search import PruneOnEval, Range, check_space, load_space, parse_flag, run_search
+from transferlab.lab.search import PruneOnEval, Range, check_space, load_space, parse_flag, run_search
 
 BASE = build_config(tiny_config("runs")).model_dump(mode="json")
 

@@ -28,7 +28,7 @@ from transferlab.config import build_config, load_yaml
 from transferlab.errors import UserError
 from transferlab.models.backbone import load_tokenizer, resolve_model_dir
 from transferlab.models.groups import layer_groups
-from transferlab.run import load_run_data, train_run
+from transferlab.pipeline import load_run_data, train_run
 from transferlab.strategies.named import STRATEGIES, StrategyOptions, build_plan
 from transferlab.tasks.text2text import Text2TextPredictor, Text2TextTask
 

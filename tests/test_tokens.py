@@ -16,7 +16,7 @@ from transferlab.data.conll import bio_labels, load_tagged, to_iob2
 from transferlab.errors import UserError
 from transferlab.models.backbone import load_tokenizer, resolve_model_dir
 from transferlab.models.groups import layer_groups
-from transferlab.run import train_run
+from transferlab.pipeline import train_run
 from transferlab.tasks.tokens import EntityPredictor, TokensTask, join_words, split_words, subtoken_words
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,7 +12,7 @@ from conftest import tiny_config
 from transferlab.cli import main
 from transferlab.commands.run import resolve_config
 from transferlab.config import build_config
-from transferlab.run import train_run
+from transferlab.pipeline import train_run
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

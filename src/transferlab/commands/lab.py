@@ -4,16 +4,13 @@ doctor's warnings."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from transferlab.commands.run import console, resolve_config
+from transferlab.commands.common import Opt, console, resolve_config
 from transferlab.config import RunConfig
 from transferlab.errors import UserError
-
-Opt = Annotated
 
 # Data, model and training options shared with `train` (same flags, same config fields).
 ConfigOpt = Opt[Path | None, typer.Option("--config", help="YAML run config (see examples/)")]
@@ -33,7 +30,7 @@ SeedOpt = Opt[int | None, typer.Option("--seed", help="first seed")]
 OutputOpt = Opt[str | None, typer.Option("--output", help="parent directory of the results")]
 SetOpt = Opt[list[str] | None, typer.Option("--set", help="any config field: --set training.warmup=0.1")]
 OverwriteOpt = Opt[bool, typer.Option("--overwrite", help="replace earlier results of the same name")]
-# Flags passed through to the run config (commands/run.py FLAG_FIELDS); search owns lr, epochs... as its space.
+# Flags passed through to the run config (commands/common.py FLAG_FIELDS); search owns lr, epochs... as its space.
 _SEARCH_FLAGS = {"model", "data", "eval_data", "text_column", "label_column", "text_pair_column",
                  "max_train_examples", "max_eval_examples", "max_length", "pooling", "eval_every", "patience",
                  "seed", "name", "output"}
@@ -71,19 +68,8 @@ def parse_inits(text: str) -> list[str]:
     return inits
 
 
-# ---- the doctor ---------------------------------------------------------------------------------------
-def print_warnings(warnings: list[dict]) -> None:
-    """The doctor's findings, each with its fix."""
-    if not warnings:
-        console.print("[green]doctor: no warnings[/]")
-        return
-    console.print(f"[bold yellow]doctor: {len(warnings)} warning(s)[/]")
-    for w in warnings:
-        console.print(f"[yellow]! {w['code']}[/] {w['message']}\n  [dim]fix:[/] {w['fix']}", highlight=False)
-
-
 def _scores(evals: dict) -> str:
-    from transferlab.training.compare import shown_metrics
+    from transferlab.lab.compare import shown_metrics
 
     return ", ".join(f"{name} {evals[name]:.4f}" for name in shown_metrics(evals))
 
@@ -95,7 +81,7 @@ def _mean_std(stats: dict) -> str:
 
 def cross_validate_and_show(cfg: RunConfig, folds: int, overwrite: bool) -> dict:
     """`train --folds K`: one run per fold, then the mean ± std of each metric (saved as cv.json)."""
-    from transferlab.training.cross_validation import cross_validate
+    from transferlab.lab.cross_validation import cross_validate
 
     def show_fold(i: int, doc: dict) -> None:
         console.print(f"fold {i}/{folds}: {doc['train_examples']} train / {doc['eval_examples']} eval, "
@@ -116,7 +102,7 @@ def cross_validate_and_show(cfg: RunConfig, folds: int, overwrite: bool) -> dict
 # ---- compare ------------------------------------------------------------------------------------------
 def compare_table(result, title: str) -> Table:
     """strategy | trainable % | metric mean ± std ... | train time | peak memory (+ train examples if varied)."""
-    from transferlab.training.compare import trainable_text
+    from transferlab.lab.compare import trainable_text
 
     rows = result.rows
     sizes = len({r["train_size"] for r in rows}) > 1
@@ -157,7 +143,7 @@ def compare(
     output: OutputOpt = None, set_: SetOpt = None, overwrite: OverwriteOpt = False,
 ) -> None:
     """Compare strategies on the same data: trainable %, accuracy, F1, train time, peak memory."""
-    from transferlab.training.compare import run_compare
+    from transferlab.lab.compare import run_compare
 
     flags = {k: v for k, v in locals().items() if k in _COMPARE_FLAGS}
     cfg = resolve_config(config, flags, set_ or [])
@@ -212,7 +198,7 @@ def search(
     """Search hyper-parameters and strategy with Optuna (seeded TPE, median pruning); write best.yaml."""
     import optuna
 
-    from transferlab.training.search import DEFAULT_SPACE, load_space, parse_flag, run_search
+    from transferlab.lab.search import DEFAULT_SPACE, load_space, parse_flag, run_search
 
     flags = {k: v for k, v in locals().items() if k in _SEARCH_FLAGS}
     cfg = resolve_config(config, flags, set_ or [])

@@ -5,19 +5,16 @@ from __future__ import annotations
 import importlib
 import json
 from pathlib import Path
-from typing import Annotated
 
 import pandas as pd
 import typer
-from rich.console import Console
 
-from transferlab.config import RunConfig, apply_override, build_config, load_yaml
+from transferlab.commands.common import FLAG_FIELDS, Opt, console, print_warnings, resolve_config
+from transferlab.config import RunConfig
 from transferlab.console import metrics_table, plan_table
 from transferlab.deploy.predictor import Predictor
 from transferlab.errors import UserError
 from transferlab.strategies.named import strategy_usage
-
-console = Console()
 
 STRATEGY_HELP = strategy_usage().replace(", ", " | ")
 DEMO_REVIEWS = [
@@ -27,36 +24,11 @@ DEMO_REVIEWS = [
     "I wanted to walk out after twenty minutes.",
 ]
 
-# CLI flag -> config field; every other field is reachable through --set section.field=value
-FLAG_FIELDS = {
-    "model": "model.name", "data": "data.train", "eval_data": "data.eval", "text_column": "data.text_column",
-    "label_column": "data.label_column", "text_pair_column": "data.text_pair_column",
-    "max_train_examples": "data.max_train_examples", "max_eval_examples": "data.max_eval_examples",
-    "strategy": "strategy.name", "lr": "strategy.lr", "head_lr": "strategy.head_lr",
-    "epochs": "training.epochs", "batch_size": "training.batch_size", "max_length": "model.max_length",
-    "pooling": "model.pooling", "eval_every": "training.eval_every", "patience": "training.early_stopping_patience",
-    "seed": "seed", "name": "name", "output": "output_dir", "crf": "ner.crf", "task": "task",
-}
-
-Opt = Annotated
-
-
-def resolve_config(config: Path | None, flags: dict, overrides: list[str], base: dict | None = None) -> RunConfig:
-    """Config file (or `base`) < flags < --set overrides, validated into a RunConfig."""
-    data = load_yaml(config) if config else dict(base or {})
-    for flag, value in flags.items():
-        if value is not None:
-            apply_override(data, f"{FLAG_FIELDS[flag]}={json.dumps(value)}")
-    for assignment in overrides:
-        apply_override(data, assignment)
-    return build_config(data, str(config) if config else "the command-line options")
-
 
 def _train_and_show(cfg: RunConfig, resume: bool, overwrite: bool) -> dict:
     from accelerate import PartialState
 
-    from transferlab.commands.lab import print_warnings
-    from transferlab.run import train_run
+    from transferlab.pipeline import train_run
 
     def show_plan(prep) -> None:
         d = prep.data
@@ -150,7 +122,7 @@ def plan(
     set_: Opt[list[str] | None, typer.Option("--set", help="any config field: --set strategy.decay=0.9")] = None,
 ) -> None:
     """Print the plan a strategy compiles to (what learns, when, at what lr), without training."""
-    from transferlab.run import prepare_run
+    from transferlab.pipeline import prepare_run
     from transferlab.training.feature_cache import cache_point
 
     flags = {"strategy": strategy, "model": model, "lr": lr, "head_lr": head_lr, "epochs": epochs}

@@ -32,7 +32,7 @@ def run_config(run_dir: Path) -> RunConfig:
 
 def load_eval_set(run_dir: Path, limit: int | None = None) -> EvalSet:
     """The run's eval split exactly as training saw it (same data, split and seed)."""
-    from transferlab.run import load_run_data
+    from transferlab.pipeline import load_run_data
 
     cfg = run_config(run_dir)
     if cfg.task != "classification":

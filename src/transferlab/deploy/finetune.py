@@ -40,7 +40,7 @@ class RunContext:
 
 def load_context(run_dir: Path, cfg: RunConfig | None = None) -> RunContext:
     """Rebuild a run's data and task from its config.yaml (or `cfg`), exactly as training saw them."""
-    from transferlab.run import load_run_data
+    from transferlab.pipeline import load_run_data
 
     cfg = cfg or run_config(run_dir)
     data = load_run_data(cfg)

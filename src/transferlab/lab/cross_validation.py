@@ -17,7 +17,7 @@ from transferlab.config import RunConfig
 from transferlab.data.splits import stratified_kfold
 from transferlab.errors import UserError
 from transferlab.evaluation.metrics import is_number
-from transferlab.run import check_run_dir, load_run_data, make_accelerator, train_run
+from transferlab.pipeline import check_run_dir, load_run_data, make_accelerator, train_run
 from transferlab.tasks.base import RunData
 
 

@@ -21,9 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from transferlab.config import RunConfig, apply_override, build_config, load_yaml, save_yaml
 from transferlab.errors import UserError
-from transferlab.run import check_run_dir, load_run_data, make_accelerator, prepare_run, train_run
-from transferlab.training.compare import compile_strategies
-from transferlab.training.cross_validation import drop_checkpoints
+from transferlab.lab.compare import compile_strategies
+from transferlab.lab.cross_validation import drop_checkpoints
+from transferlab.pipeline import check_run_dir, load_run_data, make_accelerator, prepare_run, train_run
 
 PARAM_FIELDS = {
     "lr": "strategy.lr", "head_lr": "strategy.head_lr", "strategy": "strategy.name",

@@ -29,12 +29,12 @@ from transferlab.data.augment import AugmentConfig
 from transferlab.errors import UserError
 from transferlab.evaluation.metrics import headline_metric
 from transferlab.evaluation.report import write_compare_report
+from transferlab.lab.cross_validation import aggregate_metrics, drop_checkpoints, summarize
 from transferlab.models.groups import LayerGroups
-from transferlab.run import check_run_dir, load_run_data, make_accelerator, prepare_run, train_run
+from transferlab.pipeline import check_run_dir, load_run_data, make_accelerator, prepare_run, train_run
 from transferlab.strategies.named import build_plan, strategy_options
 from transferlab.strategies.plan import ResolvedPhase
 from transferlab.tasks.base import RunData
-from transferlab.training.cross_validation import aggregate_metrics, drop_checkpoints, summarize
 
 #: What `--augment` compares against "no augmentation" when the config has no augment section of its own.
 DEFAULT_AUGMENT = AugmentConfig(synonym=0.1, swap=0.1, dropout=0.1, copies=1)

@@ -1,0 +1,48 @@
+"""What every command module shares: the console, config resolution from file + flags + --set, the doctor's
+warnings."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+from rich.console import Console
+
+from transferlab.config import RunConfig, apply_override, build_config, load_yaml
+
+console = Console()
+
+# CLI flag -> config field; every other field is reachable through --set section.field=value
+FLAG_FIELDS = {
+    "model": "model.name", "data": "data.train", "eval_data": "data.eval", "text_column": "data.text_column",
+    "label_column": "data.label_column", "text_pair_column": "data.text_pair_column",
+    "max_train_examples": "data.max_train_examples", "max_eval_examples": "data.max_eval_examples",
+    "strategy": "strategy.name", "lr": "strategy.lr", "head_lr": "strategy.head_lr",
+    "epochs": "training.epochs", "batch_size": "training.batch_size", "max_length": "model.max_length",
+    "pooling": "model.pooling", "eval_every": "training.eval_every", "patience": "training.early_stopping_patience",
+    "seed": "seed", "name": "name", "output": "output_dir", "crf": "ner.crf", "task": "task",
+}
+
+Opt = Annotated
+
+
+def resolve_config(config: Path | None, flags: dict, overrides: list[str], base: dict | None = None) -> RunConfig:
+    """Config file (or `base`) < flags < --set overrides, validated into a RunConfig."""
+    data = load_yaml(config) if config else dict(base or {})
+    for flag, value in flags.items():
+        if value is not None:
+            apply_override(data, f"{FLAG_FIELDS[flag]}={json.dumps(value)}")
+    for assignment in overrides:
+        apply_override(data, assignment)
+    return build_config(data, str(config) if config else "the command-line options")
+
+
+def print_warnings(warnings: list[dict]) -> None:
+    """The doctor's findings, each with its fix."""
+    if not warnings:
+        console.print("[green]doctor: no warnings[/]")
+        return
+    console.print(f"[bold yellow]doctor: {len(warnings)} warning(s)[/]")
+    for w in warnings:
+        console.print(f"[yellow]! {w['code']}[/] {w['message']}\n  [dim]fix:[/] {w['fix']}", highlight=False)
