@@ -33,6 +33,13 @@ class Limits:
     max_wait_ms: float = 5.0
 
 
+def predict_texts(predictor: Predictor, texts: list[str], pairs: list[str] | None) -> list[dict]:
+    """The predictor's predictions for texts (and their pairs): the one place the service calls the model."""
+    rows = [{"text": t} for t in texts] if pairs is None else \
+        [{"text": t, "text_pair": p} for t, p in zip(texts, pairs, strict=True)]
+    return predictor.predict(rows)
+
+
 class PredictRequest(BaseModel):
     """One text or a list of texts (and, for sentence-pair models, the matching second texts)."""
 
@@ -135,7 +142,7 @@ class MicroBatcher:
             texts = [t for j in group for t in j.texts]
             pairs = [p for j in group for p in j.pairs] if with_pairs else None
             try:
-                results = await asyncio.to_thread(self.predictor.predict, texts, pairs)
+                results = await asyncio.to_thread(predict_texts, self.predictor, texts, pairs)
             except Exception as err:  # noqa: BLE001 - the error belongs to the requests, not to the batcher
                 for job in group:
                     if not job.future.done():
@@ -165,8 +172,8 @@ def create_app(predictor: Predictor, limits: Limits = Limits()) -> FastAPI:
     # max_body_size: 413 by Content-Length, or while a body without one streams in
     app = FastAPI(title="transferlab model service", version=transferlab.__version__, lifespan=lifespan,
                   max_body_size=limits.max_body_bytes,
-                  description=f"{predictor.task} with a fine-tuned {predictor.metadata()['backbone']} "
-                              f"({predictor.name}); labels: {', '.join(predictor.labels)}.")
+                  description=f"{predictor.task.name} with a fine-tuned {predictor.metadata()['backbone']} "
+                              f"({predictor.name}); labels: {', '.join(predictor.labels or [])}.")
 
     @app.post("/predict", summary="Predict labels for one text or a list of texts")
     async def predict(request: PredictRequest) -> dict:
