@@ -66,7 +66,7 @@ def prepare_run(cfg: RunConfig, data: RunData | None = None) -> PreparedRun:
     return PreparedRun(model, backbone, task, groups, phases, data)
 
 
-def augment_train(cfg: RunConfig, task: Task, frame: pd.DataFrame) -> pd.DataFrame:
+def augment_train(cfg: RunConfig, task: Task | type[Task], frame: pd.DataFrame) -> pd.DataFrame:
     """The training examples followed by the augmented variants of their text (training split only)."""
     if not cfg.augment.enabled:
         return frame
