@@ -19,6 +19,7 @@ from accelerate.utils import set_seed
 import transferlab
 from transferlab.config import RunConfig, save_yaml
 from transferlab.data.augment import augment_texts
+from transferlab.data.hf_datasets import default_splits
 from transferlab.errors import UserError
 from transferlab.evaluation.plots import plot_all
 from transferlab.evaluation.report import write_report
@@ -38,8 +39,10 @@ AUGMENTABLE_TASKS = frozenset({"classification"})
 
 
 def load_run_data(cfg: RunConfig) -> RunData:
-    """Load, validate and split the data a config names, as its task reads it."""
-    return task_class(cfg.task).load_data(cfg)
+    """Load, validate and split the data a config names, as its task reads it (a DatasetDict's own splits first)."""
+    train, evaluation = default_splits(cfg.data.train, cfg.data.eval)
+    data = cfg.data.model_copy(update={"train": train, "eval": evaluation})
+    return task_class(cfg.task).load_data(cfg.model_copy(update={"data": data}))
 
 
 @dataclass

@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 
 from transferlab.config import ModelConfig, PairsConfig, RunConfig
+from transferlab.data.labels import class_labels
 from transferlab.data.sources import check_eval_labels, label_names, read_text_columns
 from transferlab.deploy.predictor import Predictor
 from transferlab.errors import UserError
@@ -21,6 +22,7 @@ from transferlab.tasks.classification import ClassificationTask
 from transferlab.tasks.table import data_rows, read_columns, saved_run_config, train_and_eval
 
 SCORE = "score"  # the one "label" of a regression model (its id2label)
+_REGRESSION_HINT = "for a score, set pairs.objective: regression (--set pairs.objective=regression)"
 
 
 def _text_columns(p: PairsConfig) -> dict[str, tuple[str, str]]:
@@ -63,7 +65,7 @@ class PairClassificationTask(ClassificationTask):
 
         def load(source: str) -> pd.DataFrame:
             frame = read_columns(source, columns)
-            return frame.assign(label=frame["label"].astype(str).str.strip())
+            return frame.assign(label=class_labels(frame["label"], source, p.label_column, _REGRESSION_HINT))
 
         train, evaluation = train_and_eval(cfg, load, stratify=True)
         labels = label_names(train)
@@ -151,6 +153,7 @@ def evaluate_file(model_dir: Path, data: str) -> dict:
         predictions = predictor.predict(frame["text"].tolist(), frame["text_pair"].tolist())
         return regression_metrics(frame["label"].tolist(), [x["score"] for x in predictions])
     frame = read_columns(data, _text_columns(p) | {"label": (p.label_column, "pairs.label_column")})
+    frame = frame.assign(label=class_labels(frame["label"], data, p.label_column, _REGRESSION_HINT))
     check_eval_labels(predictor.labels, frame["label"], data)
     predictions = predictor.predict(frame["text"].tolist(), frame["text_pair"].tolist())
     probs = np.array([[x["probabilities"][label] for label in predictor.labels] for x in predictions])
