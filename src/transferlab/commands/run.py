@@ -194,7 +194,7 @@ def predict(
 ) -> None:
     """Predict labels for texts given as arguments or in a file (pairs: scores or labels; text2text: generated
     text; NER: entity spans; QA: the answer to --question in --context, or question/context columns of --input)."""
-    from transferlab.data.sources import load_table
+    from transferlab.data.sources import load_table, refuse_blank_texts
     from transferlab.deploy.predictor import model_dir_of
     from transferlab.tasks import require_saved_task, saved_task
 
@@ -219,6 +219,7 @@ def predict(
         texts = frame[text_column].fillna("").astype(str).tolist()
     if not texts:
         raise UserError("predict: no texts given.", "Pass texts as arguments or a file with --input.")
+    refuse_blank_texts(texts, f"{input}: column {text_column!r}, data row" if input else "predict: text argument")
     if kind == "text2text":
         from transferlab.tasks.text2text import predict_rows
 
