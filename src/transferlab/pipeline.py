@@ -22,6 +22,7 @@ from transferlab.backbones.base import Backbone
 from transferlab.backbones.groups import LayerGroups
 from transferlab.config import RunConfig, save_yaml
 from transferlab.data.augment import augment_texts
+from transferlab.data.hf_datasets import default_splits
 from transferlab.errors import UserError
 from transferlab.evaluation.plots import plot_all
 from transferlab.evaluation.report import write_report
@@ -37,8 +38,10 @@ from transferlab.training.trainer import Trainer
 log = logging.getLogger("transferlab")
 
 def load_run_data(cfg: RunConfig) -> RunData:
-    """Load, validate and split the data a config names, as its task reads it."""
-    return task_class(cfg.task).load_data(cfg)
+    """Load, validate and split the data a config names, as its task reads it (a DatasetDict's own splits first)."""
+    train, evaluation = default_splits(cfg.data.train, cfg.data.eval)
+    data = cfg.data.model_copy(update={"train": train, "eval": evaluation})
+    return task_class(cfg.task).load_data(cfg.model_copy(update={"data": data}))
 
 
 @dataclass

@@ -62,6 +62,7 @@ def input_columns(source: Path, roles: dict[str, tuple[str, str]], reader: str) 
                             f"name the right one with {option}.")
     frame = table.copy()
     frame.attrs["input_columns"] = [str(c) for c in table.columns]
+    frame.attrs["role_columns"] = {role: column for role, (column, _) in roles.items()}
     for role, (column, _) in roles.items():
         frame[role] = table[column].fillna("").astype(str)
     return frame
