@@ -37,6 +37,7 @@ from transferlab.training.trainer import Trainer
 
 log = logging.getLogger("transferlab")
 
+
 def load_run_data(cfg: RunConfig) -> RunData:
     """Load, validate and split the data a config names, as its task reads it (a DatasetDict's own splits first)."""
     train, evaluation = default_splits(cfg.data.train, cfg.data.eval)
