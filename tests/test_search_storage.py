@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import optuna
@@ -26,7 +26,7 @@ from transferlab.config import build_config
 from transferlab.errors import UserError
 from transferlab.lab import search
 from transferlab.lab.search import Range, run_search
-from transferlab.lab.study_store import STUDY_FILE
+from transferlab.lab.study_store import STUDY_FILE, WORKER
 
 # seconds-long trials: a few examples, short texts, only the head learns (on cached features)
 TINY = ["--lr", "1e-4:1e-2", "--dropout", "0,0.2", "--strategies", "feature-extraction",
@@ -60,20 +60,19 @@ def trial_states(db: Path) -> list[str]:
         return []
 
 
-def kill_after(proc: subprocess.Popen, db: Path, completed: int, log: Path) -> list[str]:
-    """SIGKILL the search once `completed` trials are done and the next one is running; the states it left."""
+def kill_when(proc: subprocess.Popen, ready: Callable[[], bool], log: Path) -> None:
+    """SIGKILL the search as soon as `ready()` holds."""
     deadline = time.monotonic() + 600
     try:
         while time.monotonic() < deadline:
             assert proc.poll() is None, f"the search ended (code {proc.returncode}) before it could be killed:\n" \
                                         f"{log.read_text()[-3000:]}"
-            states = trial_states(db)
-            if states.count("COMPLETE") >= completed and "RUNNING" in states:
+            if ready():
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
-                return trial_states(db)
+                return
             time.sleep(0.1)
-        pytest.fail("the search did not reach the trial to kill in time")
+        pytest.fail("the search did not reach the point to kill it in time")
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -81,22 +80,24 @@ def kill_after(proc: subprocess.Popen, db: Path, completed: int, log: Path) -> l
 
 def test_killed_search_resumes_where_it_stopped(tmp_path):
     run_dir, log = tmp_path / "s", tmp_path / "search.log"
-    args = ("--trials", "3", "--name", "s", "--output", str(tmp_path))
-    left = kill_after(start_search(*args, log=log), run_dir / STUDY_FILE, 1, log)
-    assert left == ["COMPLETE", "RUNNING"]
-    before = optuna.load_study(study_name="s", storage=f"sqlite:///{run_dir / STUDY_FILE}").trials
+    db, resume_point = run_dir / STUDY_FILE, run_dir / "trial-001" / "checkpoints" / "latest"
+    args = ("--trials", "2", "--name", "s", "--output", str(tmp_path), "--set", "training.save_every=1")
+    # killed in the middle of trial 1: trial 0 done, trial 1 running and a checkpoint of it written
+    kill_when(start_search(*args, log=log), lambda: trial_states(db) == ["COMPLETE", "RUNNING"]
+              and resume_point.is_file(), log)
+    assert trial_states(db) == ["COMPLETE", "RUNNING"]
+    before = optuna.load_study(study_name="s", storage=f"sqlite:///{db}").trials
     resumed = start_search(*args, "--resume", log=log)
     assert resumed.wait(timeout=600) == 0, log.read_text()[-3000:]
 
-    after = optuna.load_study(study_name="s", storage=f"sqlite:///{run_dir / STUDY_FILE}").trials
-    states = [t.state for t in after]
-    assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL] + \
-        [optuna.trial.TrialState.COMPLETE] * 2  # 3 finished, as asked: the killed one re-ran as trial 2
+    after = optuna.load_study(study_name="s", storage=f"sqlite:///{db}").trials
+    # 2 finished, as asked: the first one kept, the killed one run again as trial 2
+    assert [t.state.name for t in after] == ["COMPLETE", "FAIL", "COMPLETE"]
     assert after[0].value == before[0].value and after[0].params == before[0].params
     assert after[2].params == before[1].params and after[2].system_attrs["failed_trial"] == 1
-    assert not (run_dir / "trial-001" / "checkpoints").exists()  # the killed trial's resume points are dropped
+    assert not resume_point.parent.exists()  # the killed trial's checkpoints are dropped, not left to fill the disk
     rows = pd.read_csv(run_dir / "trials.csv")
-    assert list(rows["trial"]) == [0, 1, 2, 3] and rows["retry_of"].tolist()[2] == 1
+    assert list(rows["trial"]) == [0, 1, 2] and rows["retry_of"].tolist()[2] == 1
     assert "trial 1 was interrupted" in log.read_text()
 
 
@@ -131,6 +132,17 @@ def test_an_existing_study_is_never_reused_or_deleted_without_a_flag(tmp_path, t
     assert (cfg.run_dir / STUDY_FILE).read_bytes() == kept
     with pytest.raises(UserError, match="no search to resume"):
         run_search(tiny_cfg(tmp_path, name="other"), SPACE, trials=1, resume=True)
+
+
+def test_resume_refuses_to_fail_a_trial_still_running(tmp_path):
+    cfg = tiny_cfg(tmp_path)
+    cfg.run_dir.mkdir()
+    study = optuna.create_study(storage=f"sqlite:///{cfg.run_dir / STUDY_FILE}", study_name="s", direction="maximize")
+    running = study.ask()
+    running.set_user_attr("worker", WORKER)  # this test's process: alive, and started before the trial
+    with pytest.raises(UserError, match=f"trial 0 of this search is still running \\(process {os.getpid()}\\)"):
+        run_search(cfg, SPACE, trials=1, resume=True)
+    assert study.trials[0].state == optuna.trial.TrialState.RUNNING
 
 
 def test_resume_with_other_settings_is_refused(tmp_path):

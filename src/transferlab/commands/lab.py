@@ -225,7 +225,7 @@ def search(
     def show_trial(row: dict) -> None:
         value = "—" if row["value"] is None else f"{row['value']:.4f}"
         params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
-                           if k not in ("trial", "state", "value", "duration_s"))
+                           if k not in ("trial", "state", "value", "duration_s") and v is not None)
         console.print(f"trial {row['trial']}: {row['state']} {value} ({params})", highlight=False)
 
     result = run_search(cfg, search_space, trials, timeout, pruning_startup, overwrite, origin, on_trial=show_trial,

@@ -195,13 +195,15 @@ def _score(doc: dict, metric: str) -> float:
 
 
 def trial_rows(study: optuna.Study) -> list[dict]:
-    """One row per trial: number, state, value, parameters, duration (and the trial it re-runs, if any)."""
+    """One row per trial: number, state, value, parameters, the trial it re-runs (if any re-runs one), duration."""
+    retries = {t.number: study_store.retried_from(t) for t in study.trials}
+    with_retries = any(n is not None for n in retries.values())
     rows = []
     for t in study.trials:
-        ended = t.datetime_complete and t.datetime_start
-        duration = round((t.datetime_complete - t.datetime_start).total_seconds(), 1) if ended else None
-        retry_of = study_store.retried_from(t)
-        retry = {"retry_of": retry_of} if retry_of is not None else {}
+        # a killed trial is failed only when the search resumes: its start-to-fail time means nothing
+        finished = t.state in study_store.FINISHED
+        duration = round((t.datetime_complete - t.datetime_start).total_seconds(), 1) if finished else None
+        retry = {"retry_of": retries[t.number]} if with_retries else {}
         rows.append({"trial": t.number, "state": t.state.name.lower(), "value": t.value, **t.params, **retry,
                      "duration_s": duration})
     return rows
@@ -248,8 +250,8 @@ def run_search(cfg: RunConfig, space: dict[str, Spec], trials: int, timeout: flo
                                    "maximize" if maximize else "minimize", cfg.seed,
                                    optuna.pruners.MedianPruner(n_startup_trials=startup_trials), signature)
     to_run = _trials_left(study, trials, out_dir) if resume and not place.shared else trials
-    log.info("study '%s' in %s: %d trials so far, %d to run here", study.study_name, place.shown,
-             len(study.trials), to_run)
+    log.info("study '%s' in %s: %d trials finished, %d to run here", study.study_name, place.shown,
+             sum(t.state in study_store.FINISHED for t in study.trials), to_run)
 
     def objective(trial: optuna.Trial) -> float:
         values = {name: _suggest(trial, name, spec) for name, spec in varied.items()}

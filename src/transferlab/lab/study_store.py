@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import psutil
 import sqlalchemy.exc
 from optuna.exceptions import ExperimentalWarning
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
@@ -97,7 +98,7 @@ def open_study(place: StudyPlace, storage: RDBStorage, direction: str, seed: int
 def requeue_interrupted(study: optuna.Study) -> list[int]:
     """Fail the trials a killed or interrupted process left unfinished and queue their parameters again.
 
-    Only for a study no other process is running: the trials it holds as running have no live process.
+    For a study of one process at a time: a trial still running in a live process of this machine is an error.
     """
     retried = {n for t in study.trials for n in t.system_attrs.get("retry_history", [])}
     requeued = []
@@ -106,10 +107,26 @@ def requeue_interrupted(study: optuna.Study) -> list[int]:
         if trial.number in retried or not (trial.state == TrialState.RUNNING or interrupted):
             continue
         if trial.state == TrialState.RUNNING:
+            _refuse_if_alive(trial)
             study.tell(trial.number, state=TrialState.FAIL)
         _retry()(study, study.trials[trial.number])
         requeued.append(trial.number)
     return requeued
+
+
+def _refuse_if_alive(trial: FrozenTrial) -> None:
+    host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return  # run elsewhere: only the user knows that process is gone
+    try:
+        process = psutil.Process(int(pid))
+        # a process started after the trial only reuses the dead search's process id
+        alive = process.status() != psutil.STATUS_ZOMBIE and process.create_time() <= trial.datetime_start.timestamp()
+    except psutil.NoSuchProcess:
+        return
+    if alive:
+        raise UserError(f"--resume: trial {trial.number} of this search is still running (process {pid}).",
+                        "Let that search finish or stop it first; --resume continues a search that has ended.")
 
 
 def retried_from(trial: FrozenTrial) -> int | None:
