@@ -36,16 +36,13 @@ WORKER = f"{socket.gethostname()}:{os.getpid()}"
 
 @dataclass(frozen=True)
 class StudyPlace:
-    """The storage URL of a study, its name, and whether other workers share it."""
+    """The storage URL of a study, its name, whether other workers share it, and how it is shown to the user
+    (the study file as the user named it, or the URL without its password)."""
 
     url: str
     name: str
     shared: bool
-
-    @property
-    def shown(self) -> str:
-        """The URL as printed: without its password."""
-        return make_url(self.url).render_as_string(hide_password=True)
+    shown: str
 
 
 def study_place(run_dir: Path, name: str, storage: str | None, resume: bool, overwrite: bool) -> StudyPlace:
@@ -58,18 +55,18 @@ def study_place(run_dir: Path, name: str, storage: str | None, resume: bool, ove
         if db.is_file() and not (resume or overwrite):
             raise UserError(f"'{run_dir}' already holds a search ({STUDY_FILE}).",
                             "Pass --resume to continue it, --overwrite to replace it, or choose another --name.")
-        return StudyPlace(f"sqlite:///{db.resolve()}", name, shared=False)
+        return StudyPlace(f"sqlite:///{db.resolve()}", name, shared=False, shown=str(db))
     if overwrite:
         raise UserError(f"--overwrite with --storage: the study '{name}' may be shared by other workers, so no worker "
                         "deletes it.", "Choose another --name for a new study, or delete this one with `optuna "
                         "delete-study --storage URL --study-name NAME` once no worker uses it.")
     try:
-        make_url(storage)
+        shown = make_url(storage).render_as_string(hide_password=True)
     except sqlalchemy.exc.ArgumentError as err:
         raise UserError(f"--storage '{storage}' is not a database URL.",
                         "Write it as dialect://user:password@host:port/database, e.g. "
                         "postgresql://search@db-host/studies or sqlite:///studies.db.") from err
-    return StudyPlace(storage, name, shared=True)
+    return StudyPlace(storage, name, shared=True, shown=shown)
 
 
 def open_study(place: StudyPlace, storage: RDBStorage, direction: str, seed: int,
@@ -101,17 +98,16 @@ def requeue_interrupted(study: optuna.Study) -> list[int]:
     For a study of one process at a time: a trial still running in a live process of this machine is an error.
     """
     retried = {n for t in study.trials for n in t.system_attrs.get("retry_history", [])}
-    requeued = []
-    for trial in study.trials:
-        interrupted = trial.state == TrialState.FAIL and trial.user_attrs.get("interrupted")
-        if trial.number in retried or not (trial.state == TrialState.RUNNING or interrupted):
-            continue
+    left = [t for t in study.trials if t.number not in retried and (
+        t.state == TrialState.RUNNING or (t.state == TrialState.FAIL and t.user_attrs.get("interrupted")))]
+    for trial in left:
         if trial.state == TrialState.RUNNING:
             _refuse_if_alive(trial)
+    for trial in left:
+        if trial.state == TrialState.RUNNING:
             study.tell(trial.number, state=TrialState.FAIL)
         _retry()(study, study.trials[trial.number])
-        requeued.append(trial.number)
-    return requeued
+    return [t.number for t in left]
 
 
 def _refuse_if_alive(trial: FrozenTrial) -> None:
