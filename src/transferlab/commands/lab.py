@@ -177,7 +177,7 @@ def search(
     trials: Opt[int, typer.Option(help="trials this process runs (per worker with --storage; with --resume the "
                                        "trials the study already finished count)")] = 20,
     timeout: Opt[float | None, typer.Option(help="stop starting trials after this many seconds")] = None,
-    space: Opt[Path | None, typer.Option(help="YAML search space: name: [choices] or {low, high, log, step}")]
+    space: Opt[Path | None, typer.Option(help="YAML search space: name: a list of choices or {low, high, log, step}")]
     = None,
     lr: Opt[str | None, typer.Option(help="range low:high (log scale) or choices a,b")] = None,
     head_lr: Opt[str | None, typer.Option(help="range or choices")] = None,

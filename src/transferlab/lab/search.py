@@ -299,7 +299,8 @@ def _summarise(study: optuna.Study, metric: str, base: dict, cfg: RunConfig, spa
            "seconds": round(seconds, 1), "space": _space_doc(space), "storage": place.shown,
            "study": study.study_name, "best": {"trial": best.number, "value": best.value, "params": best.params},
            "rows": result.rows}
-    _publish(result.files[0], lambda p: pd.DataFrame(result.rows).to_csv(p, index=False))
+    # nullable dtypes: a column with gaps (retry_of) keeps whole numbers whole
+    _publish(result.files[0], lambda p: pd.DataFrame(result.rows).convert_dtypes().to_csv(p, index=False))
     _publish(result.files[1], lambda p: p.write_text(json.dumps(doc, indent=2, default=str)))
     _publish(result.files[2], lambda p: save_yaml(best_cfg, p))
     return result
