@@ -34,7 +34,12 @@ from transformers.modeling_outputs import ImageClassifierOutputWithNoAttention
 
 from transferlab.backbones import family_of, layer_groups, open_backbone, open_saved
 from transferlab.backbones.vision import ImageProcessor, build_backbone, feature_size, pooled_features, to_rgb
-from transferlab.backbones.vision.efficientnet_lite import EfficientNetLiteConfig, pretrained_classifier
+from transferlab.backbones.vision.efficientnet_lite import (
+    EfficientNetLiteConfig,
+    SameConv2d,
+    pretrained_classifier,
+    variant_config,
+)
 from transferlab.backbones.vision.vgg import VggConfig, VggModel
 from transferlab.errors import UserError
 from transferlab.training.feature_cache import CachePoint, PhaseCache
@@ -282,11 +287,39 @@ def test_lite0_classifies_real_pictures_and_loads_in_the_transformers_pipeline(t
     assert label == model.config.id2label[967] and float(score) == pytest.approx(float(probs[1, 967]), abs=1e-4)
 
 
+def test_lite_pads_as_tensorflow_at_any_size_also_once_exported(tmp_path):
+    import onnxruntime
+
+    conv = SameConv2d(2, 2, 3, stride=2, bias=False)
+    for size, before_after in ((8, (0, 1)), (9, (1, 1))):  # "SAME": the odd pixel of padding at the end
+        x = torch.randn(1, 2, size, size)
+        expected = nn.functional.conv2d(nn.functional.pad(x, before_after * 2), conv.weight, stride=2)
+        torch.testing.assert_close(conv(x), expected)
+
+    class Logits(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = pretrained_classifier("efficientnet-lite0")
+
+        def forward(self, pixel_values):
+            return self.model(pixel_values=pixel_values).logits
+
+    model = Logits().eval()
+    torch.onnx.export(model, (torch.randn(1, 3, 224, 224),), str(tmp_path / "lite0.onnx"), dynamo=False,
+                      input_names=["pixel_values"], dynamic_axes={"pixel_values": {0: "batch", 2: "h", 3: "w"}})
+    session = onnxruntime.InferenceSession(str(tmp_path / "lite0.onnx"))
+    for size in (65, 112):  # exported at 224 (even sizes all the way down); run where odd sizes appear
+        pixels = torch.randn(2, 3, size, size)
+        with torch.no_grad():
+            expected = model(pixels).numpy()
+        np.testing.assert_allclose(session.run(None, {"pixel_values": pixels.numpy()})[0], expected, atol=1e-4)
+
+
 def test_bundled_names_are_offline_and_lite_sizes_follow_the_variant():
     for name, size in (("efficientnet-lite0", 224), ("efficientnet-lite1", 240), ("efficientnet-lite2", 260)):
         backbone = open_backbone(name)
         assert backbone.model_dir.suffix == ".pth" and backbone.processor.resolution == size
-    lite2 = open_backbone("efficientnet-lite2").load()
+    lite2 = build_backbone(variant_config("efficientnet-lite2"))
     assert [len(stage) for stage in lite2.stages] == [1, 3, 3, 4, 4, 5, 1]  # first and last stage not scaled
     assert lite2.stem.conv.out_channels == 32 and lite2.top.conv.out_channels == 1280  # fixed stem and head
 

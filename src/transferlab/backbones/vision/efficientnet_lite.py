@@ -105,20 +105,21 @@ def round_filters(channels: int, width: float, divisor: int) -> int:
 
 
 class SameConv2d(nn.Conv2d):
-    """A convolution padded as TensorFlow's "SAME": ceil(size / stride) outputs, the odd pixel of padding at the
-    end. Computed per input, so any image size pads as the original does."""
+    """A strided convolution padded as TensorFlow's "SAME": ceil(size / stride) outputs, the odd pixel of padding
+    at the end. Computed per input (in plain arithmetic, which traced and exported graphs keep), so any image size
+    pads as the original does."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pads = []
         for size, kernel, stride in zip(reversed(x.shape[-2:]), reversed(self.kernel_size), reversed(self.stride),
                                         strict=True):
-            total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
+            total = (-size) % stride + kernel - stride  # (ceil(size / stride) - 1) * stride + kernel - size
             pads += [total // 2, total - total // 2]
         return super().forward(F.pad(x, pads))
 
 
 def _conv(in_channels: int, out_channels: int, kernel: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
-    if stride == 1:  # "SAME" with stride 1 and an odd kernel is the symmetric padding
+    if stride == 1:  # "SAME" with stride 1 and an odd kernel is the symmetric padding (every kernel here is odd)
         return nn.Conv2d(in_channels, out_channels, kernel, padding=kernel // 2, groups=groups, bias=False)
     return SameConv2d(in_channels, out_channels, kernel, stride, groups=groups, bias=False)
 
