@@ -256,9 +256,8 @@ def variant_config(name: str, **overrides) -> EfficientNetLiteConfig:
                                   dropout_rate=dropout, **({"num_labels": 1000} | overrides))
 
 
-def variant_defaults(name: str) -> ImageDefaults:
-    """The original evaluation transform of a variant: bicubic, centre crop, inception-style normalisation."""
-    size = VARIANTS[name][2]
+def lite_defaults(size: int) -> ImageDefaults:
+    """The original evaluation transform at `size`: bicubic, centre crop, inception-style normalisation."""
     return ImageDefaults(size, size + CROP_PADDING, LITE_MEAN, LITE_STD, BICUBIC)
 
 

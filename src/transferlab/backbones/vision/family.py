@@ -59,7 +59,7 @@ class VisionFamily(BackboneFamily):
 
     def processor(self, model_dir: Path, max_length: int | None) -> ImageProcessor:
         if bundled := self._bundled_name(model_dir):
-            return ImageProcessor(lite.variant_defaults(bundled).processor())
+            return ImageProcessor(lite.lite_defaults(lite.VARIANTS[bundled][2]).processor())
         return load_image_processor(model_dir, _defaults(model_dir))
 
     def cache_stack(self, module: nn.Module) -> CacheStack | None:
@@ -74,11 +74,13 @@ class VisionFamily(BackboneFamily):
 
 
 def _defaults(model_dir: Path) -> ImageDefaults:
-    """The transform of a model without a preprocessor config: VGG's for a weights file; else ImageNet's at the
-    config's image size."""
+    """The transform of a model without a preprocessor config: VGG's for a weights file; else, at the config's
+    image size, EfficientNet-Lite's own or ImageNet's."""
     config_file = model_dir / "config.json"
     if not model_dir.is_dir() or not config_file.is_file():
         return ImageDefaults()
-    size = json.loads(config_file.read_text()).get("image_size", 224)
-    size = size if isinstance(size, int) else 224
+    config = json.loads(config_file.read_text())
+    size = config.get("image_size") if isinstance(config.get("image_size"), int) else 224
+    if config.get("model_type") == lite.EfficientNetLiteConfig.model_type:
+        return lite.lite_defaults(size)
     return ImageDefaults(size, round(size * 256 / 224))
