@@ -282,8 +282,12 @@ def raw_sentences(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def sentence_texts(frame: pd.DataFrame) -> tuple[list[str], list[list[tuple[int, int]]]]:
-    """Each row's text and word spans: the raw text a row carries (`text`, `spans`), else its words joined."""
+    """Each row's text and word spans: the raw text a row carries (`text`, `spans`, or `text` alone, split into
+    words here), else its words joined."""
     if "spans" in frame:
         return frame["text"].tolist(), frame["spans"].tolist()
+    if "tokens" not in frame:
+        split = [split_words(text) for text in frame["text"]]
+        return frame["text"].tolist(), [spans for _, spans in split]
     joined = [join_words(list(tokens)) for tokens in frame["tokens"]]
     return [t for t, _ in joined], [s for _, s in joined]
