@@ -49,7 +49,7 @@ def test_trainer_gets_augmented_train_features_and_untouched_eval_features(tmp_p
     seen = {}
 
     def look(record, trainer):
-        seen.update(train=len(trainer.train_features), eval=len(trainer.eval_features))
+        seen.update(train=len(trainer.train_set), eval=len(trainer.eval_set))
         raise _Seen
 
     with pytest.raises(_Seen):

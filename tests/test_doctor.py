@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
+from transferlab.backbones.groups import LayerGroup, LayerGroups
 from transferlab.commands.common import print_warnings
 from transferlab.config import DoctorConfig, TrainingConfig
 from transferlab.strategies.plan import Phase, ResolvedPhase
@@ -12,7 +13,11 @@ from transferlab.training import doctor
 from transferlab.training.doctor import Doctor
 
 CFG = DoctorConfig()
-GROUPS = ["embeddings", "layer.0.attention", "layer.0.ffn", "layer.1.attention", "layer.1.ffn", "head"]
+NAMES = ["embeddings", "layer.0.attention", "layer.0.ffn", "layer.1.attention", "layer.1.ffn", "head"]
+GROUPS = LayerGroups([LayerGroup("embeddings", 0, "embeddings", "encoder", "embeddings"),
+                      *(LayerGroup(f"layer.{i}.{kind}", i + 1, kind, "encoder", f"layer.{i}")
+                        for i in range(2) for kind in ("attention", "ffn")),
+                      LayerGroup("head", 3, "head", "head", "head")])
 
 
 def phase(lrs: dict[str, float], epochs: float = 3) -> ResolvedPhase:
@@ -33,13 +38,13 @@ def eval_records(losses: list[float], every: int = 20) -> list[dict]:
              "metrics": {"accuracy": 0.8}} for i, loss in enumerate(losses)]
 
 
-FULL = {g: 3e-5 for g in GROUPS}
+FULL = {g: 3e-5 for g in NAMES}
 
 
 def test_full_finetuning_is_embeddings_and_every_layer():
     assert doctor.is_full_finetuning(FULL, GROUPS)
-    assert not doctor.is_full_finetuning({g: 3e-5 for g in GROUPS if g != "layer.0.attention"}, GROUPS)
-    assert not doctor.is_full_finetuning({g: 3e-5 for g in GROUPS if g != "embeddings"}, GROUPS)
+    assert not doctor.is_full_finetuning({g: 3e-5 for g in NAMES if g != "layer.0.attention"}, GROUPS)
+    assert not doctor.is_full_finetuning({g: 3e-5 for g in NAMES if g != "embeddings"}, GROUPS)
 
 
 def test_high_lr_warns_only_in_full_finetuning():
@@ -49,7 +54,7 @@ def test_high_lr_warns_only_in_full_finetuning():
     assert "lr 0.0005" in found[0].message
     assert "--lr" in found[0].fix
     # the same lr with the embeddings frozen is not full fine-tuning; a high head lr alone is fine
-    assert doctor.check_full_lr([phase({g: 5e-4 for g in GROUPS if g != "embeddings"})], GROUPS, CFG) == []
+    assert doctor.check_full_lr([phase({g: 5e-4 for g in NAMES if g != "embeddings"})], GROUPS, CFG) == []
     assert doctor.check_full_lr([phase({**FULL, "head": 1e-3})], GROUPS, CFG) == []
 
 
@@ -116,7 +121,7 @@ def test_doctor_warns_live_once_per_code_and_collects_everything(caplog):
     with caplog.at_level(logging.WARNING, logger="transferlab"):
         for record in train_records([0.6, 0.62, 0.7, 0.8, 0.9, 1.1, 1.2]):
             trainer.history.append(record)
-            watcher(record, trainer)
+            watcher.on_record(trainer, record)
     live = [r.getMessage() for r in caplog.records if "train-loss-rising" in r.getMessage()]
     assert len(live) == 1 and "Fix:" in live[0]
     warnings = watcher.finish(trainer.history, {"accuracy": 1.0}, {"accuracy": 0.5}, "accuracy")

@@ -9,10 +9,11 @@ import json
 
 import numpy as np
 import onnx
+import pandas as pd
 import pytest
 from deploy_helpers import copy_run, run_cli
 
-from transferlab.deploy.evalset import accuracy, load_eval_set
+from transferlab.deploy.evalset import load_eval_set, score
 from transferlab.deploy.export import PARITY_TOLERANCE, export_model
 from transferlab.deploy.predictor import Predictor
 from transferlab.deploy.quantize import quantize
@@ -93,7 +94,7 @@ def test_export_errors_are_user_errors(deploy_run, tmp_path, monkeypatch, capsys
 
 
 def probabilities(predictor: Predictor, texts: list[str]) -> np.ndarray:
-    logits = predictor.outputs(texts)["logits"]
+    logits = predictor.outputs(pd.DataFrame({"text": texts}))["logits"]
     exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
     return exp / exp.sum(axis=-1, keepdims=True)
 
@@ -107,14 +108,15 @@ def test_onnx_int8_is_smaller_and_agrees_with_fp32(deploy_run, monkeypatch, caps
     assert "onnx fp32" in out and "onnx int8" in out and "Δ points" in out
     evalset = load_eval_set(deploy_run, limit=40)
     ref, q = Predictor(fp32), Predictor(int8)
-    assert abs(accuracy(ref, evalset) - accuracy(q, evalset)) <= 0.05
-    assert np.abs(probabilities(ref, evalset.texts) - probabilities(q, evalset.texts)).max() < 0.1
+    assert abs(score(ref, evalset) - score(q, evalset)) <= 0.05
+    texts = evalset.frame["text"].tolist()
+    assert np.abs(probabilities(ref, texts) - probabilities(q, texts)).max() < 0.1
 
 
 def test_torch_int8_backend_saves_torchscript(deploy_run):
     path = quantize(deploy_run, "torch")
     assert path.name == "model.int8.torchscript.pt"
-    texts = load_eval_set(deploy_run, limit=20).texts
+    texts = load_eval_set(deploy_run, limit=20).frame["text"].tolist()
     ref = probabilities(Predictor(deploy_run, "torch"), texts)
     # the saved TorchScript and quantization at load time are the same int8 model
     traced = probabilities(Predictor(path), texts)

@@ -31,9 +31,8 @@ def make_trainer(root, strategy: str, cache: bool, callbacks=(), **training) -> 
     for module in prep.model.modules():
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
-    features = [prep.task.encode(frame, prep.tokenizer, cfg.model.max_length)
-                for frame in (prep.data.train, prep.data.eval)]
-    return Trainer(prep.model, prep.task, prep.tokenizer, prep.groups, prep.phases, *features, cfg.training,
+    encoded = [prep.task.encoded(frame) for frame in (prep.data.train, prep.data.eval)]
+    return Trainer(prep.model, prep.task, prep.groups, prep.phases, *encoded, cfg.training,
                    cfg.seed, cfg.run_dir, Accelerator(), callbacks=callbacks, show_progress=False)
 
 
@@ -102,7 +101,7 @@ def test_resume_rebuilds_the_cache_and_ends_where_an_uninterrupted_run_ends(prog
 def test_cache_too_big_is_skipped_with_a_message(progressive_pair, monkeypatch):
     trainer = progressive_pair[True]
     monkeypatch.setattr(feature_cache, "MAX_CACHE_BYTES", 1024)
-    cache, line = build_phase_cache(trainer.model, trainer.groups, {"head"}, [trainer.train_features],
+    cache, line = build_phase_cache(trainer.model, trainer.groups, {"head"}, [trainer.train_set.features],
                                     trainer._cache_batches, None, trainer._autocast)
     assert cache is None and "skipped" in line and "uncached" in line
 

@@ -9,9 +9,9 @@ import torch
 from safetensors import safe_open
 from transformers import DistilBertConfig, ElectraConfig, GPT2Config, RobertaConfig, T5Config
 
+from transferlab.backbones import layer_groups, open_backbone
 from transferlab.errors import UserError
-from transferlab.models.backbone import build_task_model, default_pooling, resolve_model_dir
-from transferlab.models.groups import layer_groups
+from transferlab.models.build import build_task_model, default_pooling
 from transferlab.models.modeling_transferlab import TransferlabConfig, TransferlabForSequenceClassification
 from transferlab.strategies.named import StrategyOptions, build_plan
 
@@ -29,12 +29,12 @@ FAMILIES = {
 
 @pytest.fixture(scope="module")
 def minilm_dir():
-    return resolve_model_dir("minilm")
+    return open_backbone("minilm").model_dir
 
 
 @pytest.fixture(scope="module")
 def minilm(minilm_dir):
-    return build_task_model(minilm_dir, TransferlabForSequenceClassification, num_labels=2,
+    return build_task_model(open_backbone("minilm"), TransferlabForSequenceClassification, num_labels=2,
                             pooling=default_pooling(minilm_dir))
 
 
@@ -46,7 +46,7 @@ def random_model(backbone_config, pooling: str = "mean") -> TransferlabForSequen
 
 def assert_partition(model, groups) -> None:
     """Every parameter of the model is in exactly one group."""
-    grouped = [name for members in groups.groups.values() for name, _ in members]
+    grouped = [name for group in groups for name, _ in group.params]
     assert len(grouped) == len(set(grouped))
     assert sorted(grouped) == sorted(name for name, _ in model.named_parameters())
     assert groups.total == sum(p.numel() for p in model.parameters())
@@ -63,9 +63,9 @@ def test_bundled_bert_groups(minilm):
     assert groups.num_layers == 6
     # mean pooling: the untrained-for-this-use pooler is dropped, so it is no group
     assert groups.names == expected_names(6)
-    assert all(".attention." in n for n, _ in groups.groups["layer.3.attention"])
-    assert all(".intermediate." in n or ".output." in n for n, _ in groups.groups["layer.3.ffn"])
-    assert {n.split(".")[1] for n, _ in groups.groups["head"]} == {"dense", "classifier"}
+    assert all(".attention." in n for n, _ in groups["layer.3.attention"].params)
+    assert all(".intermediate." in n or ".output." in n for n, _ in groups["layer.3.ffn"].params)
+    assert {n.split(".")[1] for n, _ in groups["head"].params} == {"dense", "classifier"}
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -78,7 +78,7 @@ def test_random_family_groups(family):
     extra = {"roberta": ("pooler",), "t5": ("layer.last.ffn",)}.get(family, ())
     assert groups.names == expected_names(2, extra)
     if family == "electra":
-        assert any("embeddings_project" in n for n, _ in groups.groups["embeddings"])
+        assert any("embeddings_project" in n for n, _ in groups["embeddings"].params)
 
 
 def test_unknown_architecture_lists_modules():

@@ -9,11 +9,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from transferlab.config import PairsConfig, build_config, load_yaml
+from transferlab.config import build_config, load_yaml
 from transferlab.deploy.predictor import Predictor
 from transferlab.errors import UserError
 from transferlab.pipeline import train_run
-from transferlab.tasks.pairs import read_scored_pairs
+from transferlab.tasks.pairs import PairsConfig, read_scored_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--max-train-examples", "24", "--max-eval-examples", "12", "--epochs", "1", "--batch-size", "8",
@@ -44,7 +44,8 @@ def test_sts_run_reports_correlations_and_saves_a_regressor(sts_run):
 
 def test_sts_predict_and_evaluate_through_the_cli(sts_run, transferlab_cli, capsys, tmp_path):
     pairs = ["The film is a delight.", "A delightful movie.", "The film is a delight.", "I hated every minute."]
-    expected = [p["score"] for p in Predictor(sts_run).predict(pairs[::2], pairs[1::2])]
+    expected = [p["score"] for p in Predictor(sts_run).predict([{"text": a, "text_pair": b}
+                                                                for a, b in zip(pairs[::2], pairs[1::2], strict=True)])]
     assert transferlab_cli("predict", sts_run, *pairs) == 0
     lines = capsys.readouterr().out.strip().splitlines()[-2:]
     for line, score, (a, b) in zip(lines, expected, [pairs[:2], pairs[2:]], strict=True):
@@ -83,7 +84,7 @@ def test_pair_classification_with_a_freezing_strategy(tmp_path):
     learns = doc["plan"][0]["groups"]
     assert "head" in learns and not any(g.endswith(".attention") for g in learns)
     assert doc["plan"][0]["trainable_ratio"] < 0.5
-    rows = Predictor(cfg.run_dir).predict(["A wonderful film."], ["A marvellous film."])
+    rows = Predictor(cfg.run_dir).predict([{"text": "A wonderful film.", "text_pair": "A marvellous film."}])
     assert rows[0]["label"] in doc["labels"] and sum(rows[0]["probabilities"].values()) == pytest.approx(1)
 
 

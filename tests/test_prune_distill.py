@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from deploy_helpers import copy_run, run_cli
@@ -11,7 +12,7 @@ from transformers import AutoModelForSequenceClassification
 from transferlab.deploy.artifacts import variants
 from transferlab.deploy.distill import DistillationModel, distill_run, make_student, pick_layers
 from transferlab.deploy.export import PARITY_TOLERANCE, export_model
-from transferlab.deploy.predictor import Predictor, load_torch_model
+from transferlab.deploy.predictor import Predictor, load_saved_task
 from transferlab.deploy.prune import count_parameters, prune_run, sparsity
 from transferlab.errors import UserError
 
@@ -26,7 +27,7 @@ def deploy_run(tiny_run, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def teacher(deploy_run):
-    return load_torch_model(deploy_run / "model", "classification")
+    return load_torch_model(deploy_run / "model")
 
 
 @pytest.fixture(scope="module")
@@ -34,15 +35,25 @@ def heads_pruned(deploy_run):
     return prune_run(deploy_run, "heads", 0.25, importance_examples=64, show_progress=False)
 
 
+def encoded(predictor: Predictor, texts: list[str]) -> dict[str, torch.Tensor]:
+    """The model inputs of `texts` as the predictor's task encodes them."""
+    batch = predictor.task.collate(predictor.task.encode(pd.DataFrame({"text": texts})))
+    return {name: batch[name] for name in predictor.input_names}
+
+
+def load_torch_model(model_dir) -> torch.nn.Module:
+    return load_saved_task(model_dir).load_model(model_dir)
+
+
 def logits(model, predictor: Predictor) -> np.ndarray:
     with torch.no_grad():
-        return model(**{k: torch.from_numpy(v) for k, v in predictor.encode(TEXTS).items()}).logits.numpy()
+        return model(**encoded(predictor, TEXTS)).logits.numpy()
 
 
 def test_magnitude_pruning_zeroes_the_share_asked_and_reloads(deploy_run):
     result = prune_run(deploy_run, "magnitude", 0.3, show_progress=False)
     assert result.sparsity == pytest.approx(0.3, abs=0.005)
-    reloaded = load_torch_model(result.model_dir, "classification")
+    reloaded = load_torch_model(result.model_dir)
     assert sparsity(reloaded) == pytest.approx(result.sparsity, abs=1e-6)
     # dense storage: the same parameter count, 30% of the encoder weights now zero
     assert count_parameters(reloaded)[0] == result.parameters > result.nonzero
@@ -53,14 +64,15 @@ def test_head_pruning_shrinks_the_model_and_round_trips(deploy_run, teacher, hea
     removed = heads_pruned.removed_heads
     assert sum(map(len, removed.values())) == round(0.25 * 6 * 12)
     assert heads_pruned.parameters < count_parameters(teacher)[0]
-    model = load_torch_model(heads_pruned.model_dir, "classification")
+    model = load_torch_model(heads_pruned.model_dir)
     for i, layer in enumerate(model.backbone.encoder.layer):
         kept = 12 - len(removed.get(i, []))
         assert kept >= 1 and layer.attention.self.query.out_features == 32 * kept
     # plain Hugging Face loading (the model's own code file) rebuilds the same pruned model
     hf = AutoModelForSequenceClassification.from_pretrained(str(heads_pruned.model_dir), trust_remote_code=True)
     predictor = Predictor(heads_pruned.model_dir)
-    assert np.abs(logits(hf.eval(), predictor) - predictor.outputs(TEXTS)["logits"]).max() < 1e-5
+    assert np.abs(logits(hf.eval(), predictor) - predictor.outputs(pd.DataFrame({"text": TEXTS}))["logits"]).max() \
+        < 1e-5
 
 
 def test_head_pruned_model_exports_to_onnx(heads_pruned):
@@ -85,10 +97,10 @@ def test_student_from_every_layer_is_an_exact_copy(teacher, deploy_run):
 
 def test_distillation_loss_mixes_soft_and_hard_targets(teacher, deploy_run):
     student = make_student(teacher, pick_layers(6, 2))
-    batch = {k: torch.from_numpy(v) for k, v in Predictor(deploy_run).encode(TEXTS).items()}
+    batch = encoded(Predictor(deploy_run), TEXTS)
     labels = torch.tensor([1, 0, 1])
-    hard = DistillationModel(student, teacher, temperature=2, alpha=0.0).eval()(labels=labels, **batch).loss
-    soft = DistillationModel(student, teacher, temperature=2, alpha=1.0).eval()(labels=labels, **batch).loss
+    hard = DistillationModel(student, teacher, ("logits",), 2, alpha=0.0).eval()(labels=labels, **batch).loss
+    soft = DistillationModel(student, teacher, ("logits",), 2, alpha=1.0).eval()(labels=labels, **batch).loss
     with torch.no_grad():
         s, t = student(**batch).logits, teacher(**batch).logits
     assert hard.item() == pytest.approx(torch.nn.functional.cross_entropy(s, labels).item(), rel=1e-5)
@@ -102,7 +114,7 @@ def test_distillation_loss_mixes_soft_and_hard_targets(teacher, deploy_run):
 def test_distill_trains_a_smaller_student(deploy_run, teacher):
     out, layers, metrics = distill_run(deploy_run, student_layers=2, epochs=0.1, show_progress=False)
     assert layers == [2, 5] and 0 <= metrics["accuracy"] <= 1
-    student = load_torch_model(out, "classification")
+    student = load_torch_model(out)
     assert count_parameters(student)[0] < count_parameters(teacher)[0]
     names = [v.name for v in variants(deploy_run)]
     assert {"torch fp32", "distilled torch fp32", "pruned-magnitude torch fp32"} <= set(names)

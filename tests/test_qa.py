@@ -11,12 +11,14 @@ import pytest
 import torch
 from transformers import AutoModelForQuestionAnswering
 
+from transferlab.backbones import resolve_model_dir
+from transferlab.backbones.text import TextProcessor, load_tokenizer
 from transferlab.config import build_config
 from transferlab.data.squad import load_squad
+from transferlab.deploy.predictor import Predictor
 from transferlab.errors import UserError
-from transferlab.models.backbone import load_tokenizer, resolve_model_dir
 from transferlab.pipeline import train_run
-from transferlab.tasks.qa import QaPredictor, QaTask, answer_f1, best_span, normalize_answer, squad_metrics
+from transferlab.tasks.qa import QaTask, answer_f1, best_span, normalize_answer, squad_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "examples" / "data"
@@ -128,29 +130,29 @@ def test_long_contexts_become_overlapping_windows_that_decode_to_the_gold_answer
                           "context": [context, context],
                           "answers": [[{"text": "Paris", "answer_start": context.index("Paris")}],
                                       [{"text": "Sentence 3", "answer_start": context.index("Sentence 3")}]]})
-    task = QaTask(doc_stride=16, max_answer_length=10)
-    features = task.encode(frame, tokenizer, 64)
+    task = QaTask(TextProcessor(tokenizer, 64), doc_stride=16, max_answer_length=10)
+    features = task.encode(frame)
     assert len(features) > 6 and {f["_example"] for f in features} == {0, 1}
     answered = [f for f in features if f["start_positions"] > 0]
     assert len(answered) >= 2 and len(answered) < len(features)  # most windows hold neither answer
     for f in answered:
         begin, end = f["_offsets"][f["start_positions"]][0], f["_offsets"][f["end_positions"]][1]
         assert context[begin:end] in ("Paris", "Sentence 3")
-    batch = task.collate(features, tokenizer)
+    batch = task.collate(features)
     hot = torch.full(batch["input_ids"].shape, -10.0)
     starts, ends = hot.clone(), hot.clone()
     rows = torch.arange(len(features))
     starts[rows, batch["start_positions"]] = 10.0
     ends[rows, batch["end_positions"]] = 10.0
     out = task.outputs(type("Out", (), {"start_logits": starts, "end_logits": ends})(), batch)
-    assert task.metrics(out) == {"exact_match": 1.0, "f1": 1.0, "questions": 2}
-    assert [a["answer"] for a in task.answers(out).values()] == ["Paris", "Sentence 3"]
+    assert task.metrics(out, frame) == {"exact_match": 1.0, "f1": 1.0, "questions": 2}
+    assert [a["answer"] for a in task.answers(out, frame)] == ["Paris", "Sentence 3"]
 
 
 def test_a_question_too_long_for_the_window_names_the_question(tokenizer):
     frame = pd.DataFrame({"id": ["long-one"], "question": ["why " * 70], "context": [CONTEXT], "answers": [[]]})
     with pytest.raises(UserError, match="'long-one' has 70 tokens.*qa.doc_stride"):
-        QaTask(doc_stride=32).encode(frame, tokenizer, 96)
+        QaTask(TextProcessor(tokenizer, 96), doc_stride=32).encode(frame)
 
 
 # --- training, saving, predicting --------------------------------------------------------------------------
@@ -159,12 +161,12 @@ def test_cli_train_saves_a_model_that_reloads_through_the_auto_class(qa_run):
     metrics = json.loads((qa_run / "metrics.json").read_text())
     assert metrics["task"] == "qa" and metrics["train_examples"] == 4 and metrics["eval_examples"] == 3
     assert {"exact_match", "f1", "questions"} <= set(metrics["eval"]) and metrics["eval"]["questions"] == 3
-    ours = QaPredictor(qa_run / "model")
-    assert (ours.task.doc_stride, ours.max_length) == (16, 64)
+    ours = Predictor(qa_run / "model")
+    assert (ours.task.doc_stride, ours.task.processor.max_length) == (16, 64)
     auto = AutoModelForQuestionAnswering.from_pretrained(qa_run / "model", trust_remote_code=True).eval()
-    batch = ours.tokenizer(["Who plays Rio?"], [CONTEXT], return_tensors="pt")
+    batch = ours.task.processor.tokenizer(["Who plays Rio?"], [CONTEXT], return_tensors="pt")
     with torch.no_grad():
-        expected, got = ours.model(**batch), auto(**batch)
+        expected, got = ours.run.model(**batch), auto(**batch)
     assert torch.allclose(expected.start_logits, got.start_logits, atol=1e-5)
     assert torch.allclose(expected.end_logits, got.end_logits, atol=1e-5)
 

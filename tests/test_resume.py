@@ -13,12 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from accelerate import Accelerator
 from safetensors.torch import load_file
 from transformers import get_scheduler
 
 from transferlab.cli import main
 from transferlab.errors import UserError
-from transferlab.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from transferlab.training.checkpoint import latest_checkpoint, load_checkpoint, restore_loop_state, save_checkpoint
 
 TRANSFERLAB = Path(sys.executable).parent / "transferlab"
 KILL_AFTER_STEP = 4  # of 2 epochs x 8 steps: mid first epoch
@@ -30,7 +31,8 @@ def resume_config(root: Path, name: str) -> dict:
         "data": {"max_train_examples": 64, "max_eval_examples": 32},
         "model": {"max_length": 32},
         "strategy": {"name": "freeze-attention", "lr": 3e-4},
-        "training": {"epochs": 2, "batch_size": 8, "save_every": 2, "eval_every": 5, "log_every": 2},
+        # log_every 3 against save_every 2: checkpoints fall between train records, with losses not yet logged
+        "training": {"epochs": 2, "batch_size": 8, "save_every": 2, "eval_every": 5, "log_every": 3},
         "doctor": {"enabled": False},
     }
 
@@ -100,6 +102,10 @@ def test_killed_run_resumes_to_the_same_weights_and_metrics(tmp_path, monkeypatc
     evals = [[(r["step"], r["metrics"]) for r in map(json.loads, (d / "history.jsonl").read_text().splitlines())
               if r["kind"] == "eval"] for d in (straight, killed)]
     assert evals[0] == evals[1]
+    # the whole history, training-loss records included, is the uninterrupted run's
+    records = [[r for r in map(json.loads, (d / "history.jsonl").read_text().splitlines()) if r["kind"] != "cache"]
+               for d in (straight, killed)]
+    assert records[0] == records[1]
 
 
 # --- the checkpoint files themselves ------------------------------------------------------------------
@@ -118,11 +124,14 @@ def _training_objects():
 def test_checkpoint_is_atomic_and_latest_wins(tmp_path):
     model, optimizer, scheduler = _training_objects()
     root = tmp_path / "checkpoints"
-    save_checkpoint(root, 1, model, optimizer, scheduler, {"global_step": 1}, [{"step": 1}], None)
+    accelerator = Accelerator()
+    save_checkpoint(accelerator, root, 1, model, optimizer, scheduler, {"global_step": 1}, [{"step": 1}], None)
     with torch.no_grad():
         model.weight.add_(1.0)
     best = {k: v.clone() for k, v in model.state_dict().items()}
-    save_checkpoint(root, 2, model, optimizer, scheduler, {"global_step": 2}, [{"step": 1}, {"step": 2}], best)
+    rng = torch.get_rng_state()
+    save_checkpoint(accelerator, root, 2, model, optimizer, scheduler, {"global_step": 2}, [{"step": 1}, {"step": 2}],
+                    best)
     # a write killed half way: a temp directory and a temp pointer, never renamed into place
     (root / ".tmp-step-00000003").mkdir()
     (root / ".tmp-step-00000003" / "state.json").write_text("{")
@@ -132,11 +141,17 @@ def test_checkpoint_is_atomic_and_latest_wins(tmp_path):
     assert path.name == "step-00000002"
     assert sorted(p.name for p in root.glob("step-*")) == ["step-00000002"]  # older ones dropped
     fresh = torch.nn.Linear(4, 2)
-    state, blob, history, best_state = load_checkpoint(path, fresh)
+    state, history, best_state = load_checkpoint(path, fresh)
     assert state == {"global_step": 2} and history == [{"step": 1}, {"step": 2}]
     assert torch.equal(fresh.weight, model.weight)
     assert torch.equal(best_state["weight"], best["weight"])
-    assert blob["scheduler"]["last_epoch"] == 1 and blob["optimizer"]["state"]
+    # the optimizer, the schedule and the random state come back through accelerate's checkpointing
+    optimizer2 = torch.optim.AdamW(fresh.parameters(), lr=0.1)
+    scheduler2 = get_scheduler("linear", optimizer2, num_warmup_steps=1, num_training_steps=10)
+    torch.rand(5)  # move the random state on
+    restore_loop_state(accelerator, path, optimizer2, scheduler2)
+    assert scheduler2.state_dict()["last_epoch"] == 1 and optimizer2.state_dict()["state"]
+    assert torch.equal(torch.get_rng_state(), rng)
 
 
 def test_no_checkpoint_is_a_user_error(tmp_path):

@@ -8,10 +8,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from transferlab.backbones import layer_groups, open_backbone
 from transferlab.config import ModelConfig, build_config, load_yaml
 from transferlab.errors import UserError
-from transferlab.models.backbone import resolve_model_dir
-from transferlab.models.groups import layer_groups
 from transferlab.strategies.named import FASTAI_DECAY, HEAD_LR, StrategyOptions, build_plan, plan_for_config
 from transferlab.tasks.classification import ClassificationTask
 
@@ -20,7 +19,8 @@ LAYERS = [f"layer.{i}.{part}" for i in range(6) for part in ("attention", "ffn")
 
 @pytest.fixture(scope="module")
 def groups():
-    model = ClassificationTask(["negative", "positive"]).build_model(resolve_model_dir("minilm"), ModelConfig())
+    backbone = open_backbone("minilm")
+    model = ClassificationTask(["negative", "positive"], backbone.processor).build_model(backbone, ModelConfig())
     return layer_groups(model)
 
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 import torch
 from transformers import (
-    AutoModelForSeq2SeqLM,
     BertConfig,
     DistilBertConfig,
     DistilBertModel,
@@ -24,13 +24,14 @@ from transformers import (
     T5ForConditionalGeneration,
 )
 
+from transferlab.backbones import layer_groups, open_backbone, resolve_model_dir
+from transferlab.backbones.text import load_tokenizer
 from transferlab.config import build_config, load_yaml
+from transferlab.deploy.predictor import Predictor
 from transferlab.errors import UserError
-from transferlab.models.backbone import load_tokenizer, resolve_model_dir
-from transferlab.models.groups import layer_groups
 from transferlab.pipeline import load_run_data, train_run
 from transferlab.strategies.named import STRATEGIES, StrategyOptions, build_plan
-from transferlab.tasks.text2text import Text2TextPredictor, Text2TextTask
+from transferlab.tasks.text2text import Text2TextTask
 
 # EncoderDecoderModel warns about a 2021 loss change on every training step; pytest resets the filter that
 # transferlab.tasks.text2text installs for the CLI
@@ -60,11 +61,7 @@ def tiny_t5(path: Path) -> Path:
 def reproduced_metrics(run_dir: Path) -> dict:
     """The eval metrics of a run recomputed with its saved model, reloaded by from_pretrained."""
     cfg = build_config(load_yaml(run_dir / "config.yaml"))
-    task = Text2TextTask(cfg.text2text)
-    tokenizer = load_tokenizer(run_dir / "model")
-    features = task.encode(load_run_data(cfg).eval, tokenizer, cfg.model.max_length)
-    model = AutoModelForSeq2SeqLM.from_pretrained(str(run_dir / "model"))
-    return task.metrics(task.run_model(model, tokenizer, features))
+    return Predictor(run_dir).evaluate(load_run_data(cfg).eval)
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +93,7 @@ def test_warm_start_run_scores_generations_and_saves_an_encoder_decoder(bert2ber
 
 def test_predict_and_evaluate_through_the_cli(bert2bert_run, transferlab_cli, capsys, tmp_path):
     source = "A retired teacher travels across Europe to find her lost brother. She meets a young thief."
-    expected = Text2TextPredictor(bert2bert_run).generate([source])[0]
+    expected = Predictor(bert2bert_run).predict([{"source": source}])[0]["generated"]
     assert expected
     assert transferlab_cli("predict", bert2bert_run, source) == 0
     assert f"{expected} {source}" in " ".join(capsys.readouterr().out.split())  # generated text, then source
@@ -123,11 +120,11 @@ def test_small_t5_with_beam_search_and_a_freezing_strategy(tmp_path):
     generation = json.loads((cfg.run_dir / "model" / "generation_config.json").read_text())
     assert generation["num_beams"] == 2
     assert reproduced_metrics(cfg.run_dir) == pytest.approx(doc["eval"])
-    assert Text2TextPredictor(cfg.run_dir).prefix == "summarize: "
+    assert Predictor(cfg.run_dir).task.options.prefix == "summarize: "
 
 
 def every_parameter_once(model: torch.nn.Module, groups) -> bool:
-    placed = [id(p) for params in groups.groups.values() for _, p in params]
+    placed = [id(p) for group in groups for _, p in group.params]
     return len(placed) == len(set(placed)) == len(list(model.parameters()))
 
 
@@ -147,8 +144,8 @@ def test_layer_groups_of_encoder_decoders_make_every_strategy_apply():
                 strategy = f"{name}:1" if name == "freeze-bottom" else name
                 assert build_plan(strategy, groups, StrategyOptions()).resolve(groups)
     # T5 ties its output layer to the embedding matrix: that matrix is the head
-    assert [n for n, _ in layer_groups(t5, backbone_prefix="").groups["head"]] == ["shared.weight"]
-    assert [n for n, _ in layer_groups(bert2bert, backbone_prefix="").groups["decoder.0.cross"]][0] == \
+    assert [n for n, _ in layer_groups(t5, backbone_prefix="")["head"].params] == ["shared.weight"]
+    assert [n for n, _ in layer_groups(bert2bert, backbone_prefix="")["decoder.0.cross"].params][0] == \
         "decoder.bert.encoder.layer.0.crossattention.self.query.weight"
 
 
@@ -168,14 +165,18 @@ def test_an_empty_target_names_its_row(tmp_path, transferlab_cli, capsys):
         load_run_data(cfg)
 
 
+def text2text_task() -> Text2TextTask:
+    return Text2TextTask(build_config({"task": "text2text"}).text2text, open_backbone("minilm").processor)
+
+
 def test_a_model_that_cannot_generate_is_refused(tmp_path):
     distilbert = tmp_path / "distilbert"
     DistilBertModel(DistilBertConfig(vocab_size=100, dim=16, n_layers=1, n_heads=2, hidden_dim=32)).save_pretrained(
         distilbert)
     with pytest.raises(UserError, match="'distilbert' model .* cannot do text-to-text"):
-        Text2TextTask(build_config({"task": "text2text"}).text2text).build_model(distilbert, None)
+        text2text_task().build_model(SimpleNamespace(model_dir=distilbert), None)
     transferlab_model = tmp_path / "classifier"
     transferlab_model.mkdir()
     (transferlab_model / "config.json").write_text(json.dumps({"model_type": "transferlab", "task": "pairs"}))
     with pytest.raises(UserError, match="holds a 'transferlab' model, which cannot do text-to-text"):
-        Text2TextTask(build_config({"task": "text2text"}).text2text).build_model(transferlab_model, None)
+        text2text_task().build_model(SimpleNamespace(model_dir=transferlab_model), None)

@@ -11,13 +11,14 @@ import pytest
 import torch
 from transformers import AutoModelForTokenClassification
 
+from transferlab.backbones import layer_groups, resolve_model_dir
+from transferlab.backbones.text import TextProcessor, load_tokenizer
 from transferlab.config import build_config
 from transferlab.data.conll import bio_labels, load_tagged, to_iob2
+from transferlab.deploy.predictor import Predictor
 from transferlab.errors import UserError
-from transferlab.models.backbone import load_tokenizer, resolve_model_dir
-from transferlab.models.groups import layer_groups
 from transferlab.pipeline import train_run
-from transferlab.tasks.tokens import EntityPredictor, TokensTask, join_words, split_words, subtoken_words
+from transferlab.tasks.tokens import TokensTask, join_words, split_words, subtoken_words
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN = ROOT / "examples" / "data" / "silver_ner_train.conll"
@@ -87,31 +88,31 @@ def test_bad_tagged_data_is_a_user_error_naming_the_place(tmp_path, name, conten
 # --- alignment and spans -------------------------------------------------------------------------------
 
 def test_first_sub_token_carries_the_tag_and_the_rest_are_ignored(tokenizer):
-    task = TokensTask(LABELS)
+    task = TokensTask(LABELS, TextProcessor(tokenizer, 32))
     frame = pd.DataFrame({"tokens": [["Hanks", "visited", "Paris"]], "tags": [["B-PER", "O", "B-LOC"]]})
-    feature = task.encode(frame, tokenizer, 32)[0]
+    feature = task.encode(frame)[0]
     pieces = tokenizer.convert_ids_to_tokens(feature["input_ids"])
     assert pieces == ["[CLS]", "hank", "##s", "visited", "paris", "[SEP]"]
     assert feature["labels"] == [-100, 3, -100, 0, 1, -100]
     assert feature["tag_mask"] == [0, 1, 0, 1, 1, 0]
     assert feature["_word_starts"] == [1, 3, 4] and feature["_word_tags"] == [3, 0, 1]
-    everything = TokensTask(LABELS, label_all_subtokens=True).encode(frame, tokenizer, 32)[0]
+    everything = TokensTask(LABELS, TextProcessor(tokenizer, 32), label_all_subtokens=True).encode(frame)[0]
     assert everything["labels"] == [-100, 3, 4, 0, 1, -100]  # B-PER continues as I-PER
     assert everything["tag_mask"] == [0, 1, 1, 1, 1, 0]
 
 
 def test_words_cut_off_by_max_length_are_predicted_outside(tokenizer, caplog):
-    task = TokensTask(LABELS)
+    task = TokensTask(LABELS, TextProcessor(tokenizer, 8))
     frame = pd.DataFrame({"tokens": [["Paris"] * 20], "tags": [["B-LOC"] * 20]})
-    feature = task.encode(frame, tokenizer, 8)[0]
+    feature = task.encode(frame)[0]
     assert feature["_word_starts"][:6] == [1, 2, 3, 4, 5, 6] and set(feature["_word_starts"][6:]) == {-1}
     assert "longer than max_length 8" in caplog.text
-    batch = task.collate([feature], tokenizer)
+    batch = task.collate([feature])
     logits = torch.zeros(1, 8, len(LABELS))
     logits[..., 1] = 1.0  # B-LOC everywhere the model sees
     out = task.outputs(type("Out", (), {"logits": logits, "predictions": logits.argmax(-1)})(), batch)
     assert out["pred"][0, :20].tolist() == [1] * 6 + [0] * 14
-    assert task.metrics(out)["recall"] == pytest.approx(6 / 20)
+    assert task.metrics(out, frame)["recall"] == pytest.approx(6 / 20)
 
 
 def test_raw_text_words_map_to_character_spans(tokenizer):
@@ -122,7 +123,7 @@ def test_raw_text_words_map_to_character_spans(tokenizer):
     assert join_words(["New", "York"]) == ("New York", [(0, 3), (4, 8)])
     offsets = tokenizer(text, return_offsets_mapping=True)["offset_mapping"]
     assert subtoken_words(offsets, spans)[:4] == [None, 0, 1, 1]  # [CLS], tom, hank, ##s
-    task = TokensTask(["O", "B-GPE", "I-GPE", "B-PERSON", "I-PERSON"])
+    task = TokensTask(["O", "B-GPE", "I-GPE", "B-PERSON", "I-PERSON"], TextProcessor(tokenizer, 32))
     tags = np.array([3, 4, 0, 0, 1, 2, 0, 1, 0])
     found = task.entities(text, spans, tags, np.linspace(0.5, 0.9, 9))
     assert [(e["type"], e["text"], text[e["start"]:e["end"]]) for e in found] == [
@@ -130,11 +131,11 @@ def test_raw_text_words_map_to_character_spans(tokenizer):
     assert found[0]["score"] == pytest.approx(0.525)
 
 
-def test_entity_metrics_per_type():
-    task = TokensTask(LABELS)
+def test_entity_metrics_per_type(tokenizer):
+    task = TokensTask(LABELS, TextProcessor(tokenizer, 32))
     gold = np.array([[3, 4, 0, 1, -100], [1, 2, 0, 3, 0]])
     pred = np.array([[3, 4, 0, 0, -100], [1, 2, 0, 3, 0]])
-    metrics = task.metrics({"gold": gold, "pred": pred, "score": np.zeros_like(gold, dtype=float)})
+    metrics = task.metrics({"gold": gold, "pred": pred, "score": np.zeros_like(gold, dtype=float)}, pd.DataFrame())
     assert metrics["precision"] == 1.0 and metrics["recall"] == pytest.approx(0.75)
     assert metrics["per_class"]["LOC"] == {"precision": 1.0, "recall": 0.5, "f1": pytest.approx(2 / 3), "support": 2}
     assert metrics["per_class"]["PER"]["f1"] == 1.0
@@ -149,10 +150,11 @@ def test_cli_train_saves_a_crf_model_that_reloads_through_the_auto_class(ner_run
     assert metrics["labels"][0] == "O" and "B-PERSON" in metrics["labels"]
     config = json.loads((ner_run / "model" / "config.json").read_text())
     assert config["crf"] is True and config["auto_map"]["AutoModelForTokenClassification"]
-    ours = EntityPredictor(ner_run / "model")
-    assert {"crf.transitions", "classifier.weight"} <= {n for n, _ in layer_groups(ours.model).groups["head"]}
+    ours = Predictor(ner_run / "model").run
+    assert {"crf.transitions", "classifier.weight"} <= {n for n, _ in layer_groups(ours.model)["head"].params}
     auto = AutoModelForTokenClassification.from_pretrained(ner_run / "model", trust_remote_code=True).eval()
-    batch = ours.tokenizer(["Tom Hanks flew to Paris in 1998.", "A fine film."], padding=True, return_tensors="pt")
+    batch = ours.task.processor.tokenizer(["Tom Hanks flew to Paris in 1998.", "A fine film."], padding=True,
+                                          return_tensors="pt")
     with torch.no_grad():
         expected, got = ours.model(**batch), auto(**batch)
     assert torch.equal(expected.predictions, got.predictions)
@@ -188,8 +190,8 @@ def test_strategies_train_the_token_head_through_layer_groups(tmp_path, strategy
     doc = train_run(cfg, show_progress=False)
     assert [set(p["groups"]) for p in doc["plan"]] == phases
     assert np.isfinite(doc["eval_loss"]) and 0 <= doc["eval"]["f1"] <= 1
-    model = EntityPredictor(cfg.run_dir / "model").model
-    head = [n for n, _ in layer_groups(model).groups["head"]]
+    model = Predictor(cfg.run_dir / "model").run.model
+    head = [n for n, _ in layer_groups(model)["head"].params]
     assert head == ["classifier.weight", "classifier.bias"]
     assert model.classifier.bias.abs().sum() > 0  # the head learned (it starts at zero)
 

@@ -8,15 +8,31 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, model_validator
 
-from transferlab.data.augment import AugmentConfig
 from transferlab.errors import UserError
 
 
-class _Section(BaseModel):
+class ConfigSection(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class ModelConfig(_Section):
+class AugmentConfig(BaseModel):
+    """Rates of each augmentation (0 = off) and how many augmented copies to add per training text."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    synonym: float = Field(0.0, ge=0, le=1, description="fraction of words replaced by a WordNet synonym")
+    dropout: float = Field(0.0, ge=0, le=1, description="probability of deleting each word")
+    swap: float = Field(0.0, ge=0, le=1, description="number of random word swaps, as a fraction of words")
+    shuffle: float = Field(0.0, ge=0, le=1, description="probability of shuffling the sentences")
+    copies: int = Field(1, ge=0, description="augmented variants added per original text")
+
+    @property
+    def enabled(self) -> bool:
+        """True when at least one augmentation would change a text and copies are requested."""
+        return self.copies > 0 and any((self.synonym, self.dropout, self.swap, self.shuffle))
+
+
+class ModelConfig(ConfigSection):
     name: str = Field("minilm", description="'minilm' (bundled) or a local Hugging Face model directory")
     pooling: Literal["mean", "cls", "pooler", "max"] | None = Field(
         None, description="None = the backbone's own pooling config (mean for all-MiniLM-L6-v2), else cls")
@@ -28,7 +44,7 @@ class ModelConfig(_Section):
         "pretrained", description="random = same architecture with fresh weights (the from-scratch baseline)")
 
 
-class DataConfig(_Section):
+class DataConfig(ConfigSection):
     train: str = Field("rotten-tomatoes", description="bundled dataset name or a CSV / JSONL / Parquet file")
     eval: str | None = Field(None, description="separate eval file; None = stratified split of train")
     text_column: str = "text"
@@ -39,7 +55,7 @@ class DataConfig(_Section):
     max_eval_examples: int | None = Field(None, ge=2)
 
 
-class PhaseConfig(_Section):
+class PhaseConfig(ConfigSection):
     """One phase of a custom plan: which group patterns learn and at what lr."""
 
     name: str | None = None
@@ -49,7 +65,7 @@ class PhaseConfig(_Section):
     schedule: Literal["linear", "cosine", "constant"] | None = Field(None, description="None = training.schedule")
 
 
-class StrategyConfig(_Section):
+class StrategyConfig(ConfigSection):
     name: str = Field("freeze-attention", description="a named strategy (see `transferlab plan`) or 'custom'")
     lr: float | None = Field(None, gt=0, description="base lr; None = the strategy's default")
     head_lr: float | None = Field(None, gt=0)
@@ -71,7 +87,7 @@ class StrategyConfig(_Section):
         return self
 
 
-class TrainingConfig(_Section):
+class TrainingConfig(ConfigSection):
     epochs: float = Field(3, gt=0)
     batch_size: int = Field(32, ge=1)
     eval_batch_size: int = Field(128, ge=1)
@@ -90,9 +106,11 @@ class TrainingConfig(_Section):
     restore_best: bool = Field(True, description="end with the weights of the best evaluation")
     group_by_length: bool = True
     feature_cache: bool = Field(True, description="compute a phase's frozen bottom once and train the layers above")
+    report_to: list[Literal["tensorboard", "mlflow"]] = Field(
+        default_factory=list, description="experiment trackers, writing into the run directory (tb/, mlruns/)")
 
 
-class DoctorConfig(_Section):
+class DoctorConfig(ConfigSection):
     """Thresholds of the pitfall guards that watch a run (see training/doctor.py)."""
 
     enabled: bool = True
@@ -104,55 +122,7 @@ class DoctorConfig(_Section):
     train_eval_examples: int = Field(500, ge=0, description="train examples scored at the end; 0 = skip")
 
 
-class NerConfig(_Section):
-    """Token classification (task: tokens): where the tokens and BIO tags are, and how they are learned."""
-
-    tokens_column: str = Field("tokens", description="JSONL/JSON/Parquet column of token lists (CoNLL: 1st column)")
-    tags_column: str = Field("tags", description="column of BIO tag lists (CoNLL: last column)")
-    crf: bool = Field(False, description="a CRF layer with BIO constraints on top, Viterbi decoding")
-    label_all_subtokens: bool = Field(False, description="tag every sub-token of a word, not only the first")
-
-
-class QaConfig(_Section):
-    """Extractive question answering (task: qa) on SQuAD-format JSON."""
-
-    doc_stride: int = Field(64, ge=0, description="tokens shared by consecutive windows of a long context")
-    max_answer_length: int = Field(30, ge=1, description="longest answer span, in tokens")
-    version_2_with_negative: bool = Field(False, description="SQuAD v2: questions may have no answer")
-
-
-class PairsConfig(_Section):
-    """Sentence pairs (task: pairs): two text columns and a score (regression) or a label (classification)."""
-
-    text_a_column: str = "text_a"
-    text_b_column: str = "text_b"
-    objective: Literal["regression", "classification"] = Field(
-        "regression", description="regression = a similarity score (MSE loss); classification = a label (NLI-style)")
-    score_column: str = Field("score", description="regression target column")
-    label_column: str = Field("label", description="classification target column")
-    min_score: float = Field(0.0, description="declared score range: a score outside it is an error")
-    max_score: float = 5.0
-
-    @model_validator(mode="after")
-    def _range_not_empty(self) -> PairsConfig:
-        if self.min_score >= self.max_score:
-            raise ValueError(f"min_score {self.min_score} must be below max_score {self.max_score}")
-        return self
-
-
-class Text2TextConfig(_Section):
-    """Text-to-text (task: text2text): an encoder-decoder model generates the target from the source."""
-
-    source_column: str = "source"
-    target_column: str = "target"
-    prefix: str = Field("", description="prepended to every source (T5 style), e.g. 'summarize: '")
-    max_target_length: int = Field(64, ge=1, le=4096, description="target tokens kept in training and generated")
-    num_beams: int = Field(1, ge=1, description="1 = greedy decoding, more = beam search")
-    decoder: str | None = Field(None, description="an encoder-only model.name is warm-started as an encoder-decoder; "
-                                "its decoder from this model ('minilm' or a dir); None = model.name")
-
-
-class RunConfig(_Section):
+class RunConfig(ConfigSection):
     name: str = "run"
     output_dir: str = "runs"
     seed: int = 42
@@ -163,32 +133,56 @@ class RunConfig(_Section):
     training: TrainingConfig = TrainingConfig()
     augment: AugmentConfig = AugmentConfig()
     doctor: DoctorConfig = DoctorConfig()
-    ner: NerConfig = NerConfig()
-    qa: QaConfig = QaConfig()
-    pairs: PairsConfig = PairsConfig()
-    text2text: Text2TextConfig = Text2TextConfig()
+    # the sections of the tasks (ner, qa, ...) are registered by their task modules: see `register_section`
+    model_config = ConfigDict(extra="allow")
 
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name
 
+    def section(self, name: str) -> BaseModel:
+        """A task's config section (e.g. `ner`), with its defaults where the config gives none."""
+        return getattr(self, name)
 
-def _describe(err: ValidationError, origin: str) -> str:
+
+TASK_SECTIONS: dict[str, type[BaseModel]] = {}
+
+
+def register_section(name: str, section: type[BaseModel]) -> None:
+    """A task module adds its own config section (`ner:`, `qa:`...) to every run config."""
+    TASK_SECTIONS[name] = section
+
+
+def _describe(err: ValidationError, origin: str, section: str | None = None) -> str:
     parts = []
     for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"])
+        loc = ".".join(str(x) for x in ((section,) if section else ()) + tuple(e["loc"]))
         parts.append(f"'{loc}': {e['msg']} (got {e.get('input')!r})")
     return f"Invalid configuration in {origin}: " + "; ".join(parts) + "."
 
 
 def build_config(data: dict[str, Any], origin: str = "the configuration") -> RunConfig:
-    """Validate a nested dict into a RunConfig, turning pydantic errors into a UserError."""
+    """Validate a nested dict into a RunConfig (task sections included), turning pydantic errors into a UserError."""
+    fix = "Fix the named option (see `transferlab train --help` and docs/training.md)."
+    data = dict(data)
+    sections = {}
+    for name, section in TASK_SECTIONS.items():
+        try:
+            sections[name] = section.model_validate(data.pop(name, None) or {})
+        except ValidationError as err:
+            raise UserError(_describe(err, origin, name), fix) from err
+    unknown = sorted(set(data) - set(RunConfig.model_fields))
+    if unknown:
+        known = sorted([*RunConfig.model_fields, *TASK_SECTIONS])
+        raise UserError(f"Invalid configuration in {origin}: unknown section or field {', '.join(map(repr, unknown))}.",
+                        f"The top level of a run config holds: {', '.join(known)}.")
     try:
-        return RunConfig.model_validate(data)
+        cfg = RunConfig.model_validate(data)
     except ValidationError as err:
-        raise UserError(_describe(err, origin),
-                        "Fix the named option (see `transferlab train --help` and the README's config section).") \
-            from err
+        raise UserError(_describe(err, origin), fix) from err
+    for name, section in sections.items():
+        setattr(cfg, name, section)
+    return cfg
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

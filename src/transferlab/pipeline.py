@@ -17,25 +17,24 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 import transferlab
+from transferlab.backbones import open_backbone
+from transferlab.backbones.base import Backbone
+from transferlab.backbones.groups import LayerGroups
 from transferlab.config import RunConfig, save_yaml
 from transferlab.data.augment import augment_texts
 from transferlab.errors import UserError
 from transferlab.evaluation.plots import plot_all
 from transferlab.evaluation.report import write_report
-from transferlab.models.backbone import load_tokenizer, randomize_backbone, resolve_model_dir
-from transferlab.models.groups import LayerGroups
+from transferlab.models.build import randomize_backbone
 from transferlab.strategies.named import plan_for_config
 from transferlab.strategies.plan import ResolvedPhase
 from transferlab.tasks import task_class
 from transferlab.tasks.base import RunData, Task
 from transferlab.training.doctor import Doctor
+from transferlab.training.trackers import Trackers
 from transferlab.training.trainer import Trainer
 
 log = logging.getLogger("transferlab")
-
-# Tasks whose label belongs to the whole text, so a reworded text keeps it (token tags, answer spans would not).
-AUGMENTABLE_TASKS = frozenset({"classification"})
-
 
 def load_run_data(cfg: RunConfig) -> RunData:
     """Load, validate and split the data a config names, as its task reads it."""
@@ -44,10 +43,10 @@ def load_run_data(cfg: RunConfig) -> RunData:
 
 @dataclass
 class PreparedRun:
-    """Everything needed to train: model, tokenizer, task, layer groups and the resolved plan."""
+    """Everything needed to train: model, backbone, task, layer groups and the resolved plan."""
 
     model: torch.nn.Module
-    tokenizer: object
+    backbone: Backbone
     task: Task
     groups: LayerGroups
     phases: list[ResolvedPhase]
@@ -57,25 +56,25 @@ class PreparedRun:
 def prepare_run(cfg: RunConfig, data: RunData | None = None) -> PreparedRun:
     """Build the task model on the pretrained backbone and compile the strategy into a plan."""
     data = data or load_run_data(cfg)
-    model_dir = resolve_model_dir(cfg.model.name)
-    tokenizer = load_tokenizer(model_dir)
-    task = task_class(cfg.task).for_data(cfg, data)
-    model = task.build_model(model_dir, cfg.model)
+    backbone = open_backbone(cfg.model.name, cfg.model.max_length)
+    task = task_class(cfg.task).for_data(cfg, data, backbone.processor)
+    model = task.build_model(backbone, cfg.model)
     if cfg.model.init == "random":
-        randomize_backbone(model)
+        randomize_backbone(model, task.backbone_prefix)
     groups = task.layer_groups(model)
     phases = plan_for_config(cfg, groups).resolve(groups)
-    return PreparedRun(model, tokenizer, task, groups, phases, data)
+    return PreparedRun(model, backbone, task, groups, phases, data)
 
 
-def augment_train(cfg: RunConfig, frame: pd.DataFrame) -> pd.DataFrame:
+def augment_train(cfg: RunConfig, task: Task, frame: pd.DataFrame) -> pd.DataFrame:
     """The training examples followed by the augmented variants of their text (training split only)."""
     if not cfg.augment.enabled:
         return frame
-    if cfg.task not in AUGMENTABLE_TASKS:
+    if not task.augmentable:
         raise UserError(f"Augmentation is on (config section 'augment') but task '{cfg.task}' labels parts of "
-                        "a text, which rewording would break.",
-                        f"Set the augment rates to 0; augmentation works for: {', '.join(sorted(AUGMENTABLE_TASKS))}.")
+                        "a text (or scores it), which rewording would break.",
+                        "Set the augment rates to 0; augmentation works for tasks whose label belongs to the "
+                        "whole text (classification).")
     # Row positions stand in for labels, so each variant carries every column of its row (label, text pair...).
     texts, rows = augment_texts(frame["text"].tolist(), list(range(len(frame))), cfg.augment, cfg.seed)
     augmented = frame.iloc[rows].reset_index(drop=True)
@@ -124,14 +123,15 @@ def train_run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, sho
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_yaml(cfg, run_dir / "config.yaml")
-    max_length = cfg.model.max_length
-    train_frame = augment_train(cfg, prep.data.train)
-    train_features = prep.task.encode(train_frame, prep.tokenizer, max_length)
-    doctor = Doctor(cfg.doctor, prep.phases, prep.groups.names, len(prep.data.train), cfg.training)
-    eval_features = prep.task.encode(prep.data.eval, prep.tokenizer, max_length)
-    trainer = Trainer(prep.model, prep.task, prep.tokenizer, prep.groups, prep.phases, train_features,
-                      eval_features, cfg.training, cfg.seed, run_dir, accelerator, callbacks=(doctor, *callbacks),
-                      show_progress=show_progress)
+    train_frame = augment_train(cfg, prep.task, prep.data.train)
+    train_set = prep.task.encoded(train_frame)
+    doctor = Doctor(cfg.doctor, prep.phases, prep.groups, len(prep.data.train), cfg.training)
+    eval_set = prep.task.encoded(prep.data.eval)
+    if cfg.training.report_to:
+        plan = [p.summary(i) for i, p in enumerate(prep.phases)]
+        callbacks = (*callbacks, Trackers(cfg.training.report_to, run_dir, cfg.name, cfg.model_dump(mode="json"), plan))
+    trainer = Trainer(prep.model, prep.task, prep.groups, prep.phases, train_set, eval_set, cfg.training, cfg.seed,
+                      run_dir, accelerator, callbacks=(doctor, *callbacks), show_progress=show_progress)
     state = trainer.train(resume=resume)
     eval_loss, metrics = trainer.evaluate()
     train_scored, train_metrics = score_train_sample(cfg, prep, trainer)
@@ -167,13 +167,12 @@ def score_train_sample(cfg: RunConfig, prep: PreparedRun, trainer: Trainer) -> t
         return 0, {}
     train = prep.data.train
     sample = train if len(train) <= n else train.sample(n=n, random_state=cfg.seed)
-    return len(sample), trainer.evaluate(prep.task.encode(sample, prep.tokenizer, cfg.model.max_length))[1]
+    return len(sample), trainer.evaluate(prep.task.encoded(sample))[1]
 
 
 def save_model(prep: PreparedRun, model_dir: Path) -> None:
-    """Hugging Face format (+ the head's code, registered for the Auto classes) and the tokenizer."""
-    prep.model.save_pretrained(model_dir)
-    prep.tokenizer.save_pretrained(model_dir)
+    """The trained model as its task saves it (Hugging Face format and the backbone's processor)."""
+    prep.task.save_model(prep.model, model_dir)
 
 
 def versions() -> dict[str, str]:

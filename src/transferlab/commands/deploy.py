@@ -17,17 +17,18 @@ RunArg = Opt[Path, typer.Argument(help="run directory (or model directory)")]
 
 
 def measurement_table(rows: list, title: str, baseline: float | None = None) -> Table:
-    """Size, latency, throughput and accuracy of measured variants (Δ in points against `baseline`)."""
+    """Size, latency, throughput and eval score of measured variants (Δ in points against `baseline`)."""
     table = Table(title=title, title_justify="left")
-    for col in ("variant", "size MB", "p50 ms (b=1)", "p95 ms (b=1)", "texts/s (b=32)", "accuracy"):
+    metric = rows[0].metric if rows else "score"
+    for col in ("variant", "size MB", "p50 ms (b=1)", "p95 ms (b=1)", "examples/s (b=32)", metric):
         table.add_column(col, justify="left" if col == "variant" else "right")
     if baseline is not None:
         table.add_column("Δ points", justify="right")
     for r in rows:
         cells = [r.variant, f"{r.size_mb:.1f}", f"{r.latency_p50_ms:.1f}", f"{r.latency_p95_ms:.1f}",
-                 f"{r.throughput_per_s:.0f}", "-" if r.accuracy is None else f"{r.accuracy:.4f}"]
+                 f"{r.throughput_per_s:.0f}", "-" if r.score is None else f"{r.score:.4f}"]
         if baseline is not None:
-            cells.append("-" if r.accuracy is None else f"{100 * (r.accuracy - baseline):+.2f}")
+            cells.append("-" if r.score is None else f"{100 * (r.score - baseline):+.2f}")
         table.add_row(*cells)
     return table
 
@@ -42,7 +43,7 @@ def compare(variants: list[Variant], run_dir: Path, title: str, repeats: int = 2
     settings = Settings(repeats=repeats, warmup=3, throughput_batches=1, throughput_repeats=1)
     with console.status("measuring size, latency and accuracy"):
         rows = [measure(v, evalset, settings) for v in variants]
-    console.print(measurement_table(rows, f"{title} ({len(evalset):,} eval examples)", rows[0].accuracy))
+    console.print(measurement_table(rows, f"{title} ({len(evalset):,} eval examples)", rows[0].score))
     return rows
 
 
@@ -56,7 +57,7 @@ def export(
     with console.status(f"exporting to {format}"):
         result = export_model(model, format)
     console.print(f"wrote [bold]{result.path}[/] ({result.size_mb:.1f} MB) in {result.seconds:.1f}s; parity with "
-                  f"PyTorch on real inputs: max |Δlogits| = {result.max_abs_diff:.1e} (limit {PARITY_TOLERANCE:g})")
+                  f"PyTorch on real inputs: max |Δoutput| = {result.max_abs_diff:.1e} (limit {PARITY_TOLERANCE:g})")
 
 
 def quantize(
@@ -66,14 +67,20 @@ def quantize(
     eval_limit: Opt[int | None, typer.Option(help="measure accuracy on the first N eval examples only")] = None,
 ) -> None:
     """Dynamic int8 quantization, with accuracy re-measured on the eval set beside the fp32 model."""
+    from transferlab.deploy.predictor import load_saved_task
     from transferlab.deploy.quantize import quantize as quantize_model
 
     model_dir = model_dir_of(run)
-    with console.status(f"quantizing with {backend}"):
-        path = quantize_model(model_dir, backend)
-    console.print(f"wrote [bold]{path}[/] ({path.stat().st_size / 2**20:.1f} MB)")
-    fp32 = "onnx" if backend == "onnx" else "torch"
-    compare([Variant(model_dir, fp32), Variant(model_dir, "onnx" if backend == "onnx" else "torchscript", True)],
+    if backend == "torch" and not load_saved_task(model_dir).exportable:
+        # a generating model stays eager: its int8 form is made at load time (serve / benchmark --int8)
+        console.print("a text-generating model is quantized when loaded (--backend torch --int8): no file written")
+        int8 = Variant(model_dir, "torch", True)
+    else:
+        with console.status(f"quantizing with {backend}"):
+            path = quantize_model(model_dir, backend)
+        console.print(f"wrote [bold]{path}[/] ({path.stat().st_size / 2**20:.1f} MB)")
+        int8 = Variant(model_dir, "onnx" if backend == "onnx" else "torchscript", True)
+    compare([Variant(model_dir, "onnx" if backend == "onnx" else "torch"), int8],
             require_run_dir(run, "quantize"), "fp32 vs int8", eval_limit=eval_limit)
 
 
@@ -134,7 +141,7 @@ def benchmark(
         doc = benchmark_run(run_dir, settings, on_result=lambda r: status.update(f"measured {r.variant}"))
     rows = [Measurement(**v) for v in doc["variants"]]
     console.print(measurement_table(rows, f"benchmark of {run_dir} ({doc['eval_examples']:,} eval examples, "
-                                          f"{doc['machine']['torch_threads']} threads)", rows[0].accuracy))
+                                          f"{doc['machine']['torch_threads']} threads)", rows[0].score))
     console.print(f"wrote {run_dir / 'benchmark.json'} and {run_dir / 'plots' / 'benchmark.png'}")
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 
@@ -108,7 +107,8 @@ def demo(
     cfg = resolve_config(None, {}, [], base=base)
     _train_and_show(cfg, resume=False, overwrite=True)
     console.print("[bold]predictions on new reviews[/]")
-    for text, pred in zip(DEMO_REVIEWS, Predictor(cfg.run_dir).predict(DEMO_REVIEWS), strict=True):
+    predictions = Predictor(cfg.run_dir).predict([{"text": t} for t in DEMO_REVIEWS])
+    for text, pred in zip(DEMO_REVIEWS, predictions, strict=True):
         console.print(f"  {pred['label']:>9} ({pred['score']:.2f})  {text}")
 
 
@@ -135,49 +135,36 @@ def plan(
             console.print(f"phase {i + 1}: frozen-feature cache: {point.describe()}, computed once")
 
 
-def evaluate(
-    run: Opt[Path, typer.Argument(help="run directory (or model directory)")],
-    data: Opt[str, typer.Option(help="labelled CSV/JSONL/Parquet file or bundled dataset")],
-    text_column: Opt[str, typer.Option()] = "text",
-    label_column: Opt[str, typer.Option()] = "label",
-    output: Opt[Path | None, typer.Option(help="write metrics JSON here")] = None,
-    tokens_column: Opt[str, typer.Option(help="NER models, JSONL data: the token-list column")] = "tokens",
-    tags_column: Opt[str, typer.Option(help="NER models, JSONL data: the tag-list column")] = "tags",
-) -> None:
-    """Evaluate a trained model on labelled data (NER: CoNLL/JSONL tagged sentences; QA: SQuAD JSON; pairs and
-    text2text: files with the columns their run was trained on)."""
-    from transferlab.deploy.predictor import model_dir_of
-    from transferlab.tasks import saved_task
-
-    model_dir = model_dir_of(run)
-    kind = saved_task(model_dir)
-    if kind in ("tokens", "qa", "pairs", "text2text"):
-        if kind in ("pairs", "text2text"):  # the file's columns as the model's run config names them
-            metrics = importlib.import_module(f"transferlab.tasks.{kind}").evaluate_file(model_dir, data)
-        elif kind == "tokens":
-            from transferlab.tasks.tokens import EntityPredictor
-
-            metrics = EntityPredictor(model_dir).evaluate(data, tokens_column, tags_column)
-        else:
-            from transferlab.tasks.qa import QaPredictor
-
-            metrics = QaPredictor(model_dir).evaluate(data)
-        console.print(metrics_table(metrics, f"metrics on {data}"))
-        if output:
-            output.write_text(json.dumps(metrics, indent=2))
-        return
-    from transferlab.data.sources import check_eval_labels, load_labelled
-    from transferlab.evaluation.metrics import classification_metrics
+def _saved_run(run: Path, columns: dict[str, str | None]):
+    """(predictor, run config with the command's column options applied) of a run or model directory."""
+    from transferlab.deploy.artifacts import saved_run_config
 
     predictor = Predictor(run)
-    frame = load_labelled(data, text_column, label_column)
-    check_eval_labels(predictor.labels, frame["label"], data)
-    preds = predictor.predict(frame["text"].tolist())
-    probs = [[p["probabilities"][label] for label in predictor.labels] for p in preds]
-    ids = [predictor.labels.index(label) for label in frame["label"]]
-    import numpy as np
+    doc = saved_run_config(predictor.model_dir).model_dump(mode="json")
+    for field, value in columns.items():
+        if value is not None:
+            section, _, name = field.partition(".")
+            doc[section][name] = value
+    from transferlab.config import build_config
 
-    metrics = classification_metrics(ids, np.array(probs), predictor.labels)
+    return predictor, build_config(doc, "the command-line options")
+
+
+def evaluate(
+    run: Opt[Path, typer.Argument(help="run directory (or model directory)")],
+    data: Opt[str, typer.Option(help="labelled data file (or bundled dataset), read as the run read its data")],
+    text_column: Opt[str | None, typer.Option(help="default: the run's")] = None,
+    label_column: Opt[str | None, typer.Option(help="default: the run's")] = None,
+    output: Opt[Path | None, typer.Option(help="write metrics JSON here")] = None,
+    tokens_column: Opt[str | None, typer.Option(help="NER models, JSONL data: the token-list column")] = None,
+    tags_column: Opt[str | None, typer.Option(help="NER models, JSONL data: the tag-list column")] = None,
+) -> None:
+    """Evaluate a trained model on labelled data (NER: CoNLL/JSONL tagged sentences; QA: SQuAD JSON; the other
+    tasks: files with the columns their run was trained on)."""
+    predictor, run_cfg = _saved_run(run, {"data.text_column": text_column, "data.label_column": label_column,
+                                          "ner.tokens_column": tokens_column, "ner.tags_column": tags_column})
+    frame = predictor.task.read_labelled(data, run_cfg)
+    metrics = predictor.evaluate(frame)
     console.print(metrics_table(metrics, f"metrics on {data} ({len(frame):,} examples)"))
     if output:
         output.write_text(json.dumps(metrics, indent=2))
@@ -185,82 +172,73 @@ def evaluate(
 
 def predict(
     run: Opt[Path, typer.Argument(help="run directory (or model directory)")],
-    texts: Opt[list[str] | None, typer.Argument(help="texts to classify")] = None,
-    input: Opt[Path | None, typer.Option("--input", help="file of texts (CSV/JSONL/Parquet)")] = None,
-    text_column: Opt[str, typer.Option()] = "text",
-    output: Opt[Path | None, typer.Option(help="write predictions to .csv or .jsonl")] = None,
+    texts: Opt[list[str] | None, typer.Argument(help="inputs (pairs models: the texts two by two)")] = None,
+    input: Opt[Path | None, typer.Option("--input", help="file of inputs (CSV/JSONL/Parquet); every column is kept "
+                                                         "in the output")] = None,
+    text_column: Opt[str | None, typer.Option(help="the text column of --input (default: the run's)")] = None,
+    output: Opt[Path | None, typer.Option(help="write predictions to .csv, .jsonl, .json or .parquet")] = None,
     question: Opt[list[str] | None, typer.Option(help="QA models: a question about --context (repeatable)")] = None,
     context: Opt[str | None, typer.Option(help="QA models: the text the answers are taken from")] = None,
 ) -> None:
-    """Predict labels for texts given as arguments or in a file (pairs: scores or labels; text2text: generated
-    text; NER: entity spans; QA: the answer to --question in --context, or question/context columns of --input)."""
-    from transferlab.data.sources import load_table
-    from transferlab.deploy.predictor import model_dir_of
-    from transferlab.tasks import require_saved_task, saved_task
-
-    kind = saved_task(model_dir_of(run))
-    if question or context is not None or kind == "qa":
-        require_saved_task(model_dir_of(run), "qa", "predict --question/--context")
-        from transferlab.tasks.qa import answer_line, predict_rows
-
-        questions, contexts = _questions(question, context, input)
-        _write_rows(predict_rows(model_dir_of(run), questions, contexts), output, answer_line)
-        return
-    if kind == "pairs":  # pairs come from two columns, or the texts two by two
-        from transferlab.tasks.pairs import predict_rows
-
-        _write_rows(predict_rows(run, texts, input), output, _tab_separated)
-        return
+    """Predict for inputs given as arguments or in a file (classification: label and probabilities; pairs: scores
+    or labels; NER: entity spans; QA: the answer to --question in --context, or question/context columns of
+    --input; text2text: generated text)."""
+    predictor, run_cfg = _saved_run(run, {"data.text_column": text_column})
+    task = predictor.task
+    if (question or context is not None) and "question" not in task.input_fields:
+        raise UserError(f"predict --question/--context needs a QA model, but {predictor.model_dir} holds a "
+                        f"'{task.name}' model.", "Pass texts as arguments or --input, or use a QA model's run.")
     if input is not None:
-        frame = load_table(input)
-        if text_column not in frame:
-            raise UserError(f"{input}: no column '{text_column}' (columns: {', '.join(map(str, frame.columns))}).",
-                            "Pass --text-column with the name of the text column.")
-        texts = frame[text_column].fillna("").astype(str).tolist()
-    if not texts:
-        raise UserError("predict: no texts given.", "Pass texts as arguments or a file with --input.")
-    if kind == "text2text":
-        from transferlab.tasks.text2text import predict_rows
-
-        _write_rows(predict_rows(run, texts), output, _tab_separated)
-        return
-    if kind == "tokens":
-        from transferlab.tasks.tokens import entity_line, predict_rows
-
-        _write_rows(predict_rows(model_dir_of(run), texts), output, entity_line)
-        return
-    preds = Predictor(run).predict(texts)
-    rows = [{"text": t, "label": p["label"], "score": round(p["score"], 6)} for t, p in zip(texts, preds, strict=True)]
-    _write_rows(rows, output, lambda row: f"{row['label']}\t{row['score']:.4f}\t{row['text']}")
-
-
-def _questions(questions: list[str] | None, context: str | None, input: Path | None) -> tuple[list[str], list[str]]:
-    """(questions, contexts) for a QA model: --question(s) about one --context, or the columns of --input."""
-    from transferlab.data.sources import read_text_columns
-
-    if input is not None:
-        return read_text_columns(input, ("question", "context"), "A QA model")
-    if not questions or context is None:
-        raise UserError("predict: a QA model needs --question and --context (or --input with question and "
-                        "context columns).", 'Pass e.g. --question "Who directed it?" --context "..."')
-    return list(questions), [context] * len(questions)
-
-
-def _tab_separated(row: dict) -> str:
-    return "\t".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row.values())
-
-
-def _write_rows(rows: list[dict], output: Path | None, line) -> None:
-    """Print each prediction row as `line(row)`, or write the rows to a .csv / .jsonl file."""
-    if output is None:
-        for row in rows:
-            console.print(line(row), highlight=False, markup=False)  # texts may hold [brackets]
-    elif output.suffix == ".csv":
-        pd.DataFrame(rows).to_csv(output, index=False)
-    elif output.suffix in (".jsonl", ".json"):
-        output.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        frame = task.read_inputs(input, run_cfg)
     else:
-        raise UserError(f"--output '{output}': unknown format '{output.suffix}'.", "Use a .csv or .jsonl file name.")
+        frame = task.inputs_from_args(list(texts or []), {"question": question, "context": context})
+    check_inputs(frame, task.input_fields)
+    write_predictions(frame, predictor.predict_frame(frame), output, task.line)
+
+
+def check_inputs(frame: pd.DataFrame, fields: list[str]) -> None:
+    """Refuse an empty input (the service does too): a model has nothing to say about it."""
+    for field in fields:
+        empty = frame[field].astype(str).str.strip() == ""
+        if empty.any():
+            rows = ", ".join(str(i + 1) for i in empty[empty].index[:5])
+            raise UserError(f"predict: input {rows} has an empty {field}.", f"Give every input a non-empty {field}.")
+
+
+def _flat(prediction: dict) -> dict:
+    """A prediction as table cells: probabilities as one column per class, lists as JSON text."""
+    cells = {}
+    for key, value in prediction.items():
+        if isinstance(value, dict):
+            cells.update({f"p({name})": p for name, p in value.items()})
+        elif isinstance(value, list):
+            cells[key] = json.dumps(value)
+        else:
+            cells[key] = value
+    return cells
+
+
+def write_predictions(frame: pd.DataFrame, predictions: list[dict], output: Path | None, line) -> None:
+    """Print one line per prediction, or write the inputs' own columns + the predictions to `output`."""
+    columns = frame.attrs.get("input_columns", list(frame.columns))
+    rows = [{**{c: row[c] for c in columns}, **pred} for row, pred in zip(frame.to_dict("records"), predictions,
+                                                                          strict=True)]
+    if output is None:
+        for row, pred in zip(frame.to_dict("records"), predictions, strict=True):
+            console.print(line(row, pred), highlight=False, markup=False)  # texts may hold [brackets]
+        return
+    formats = {".csv", ".jsonl", ".json", ".parquet"}
+    if output.suffix not in formats:
+        raise UserError(f"--output '{output}': unknown format '{output.suffix}'.",
+                        f"Use a file name ending in one of: {', '.join(sorted(formats))}.")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if output.suffix == ".jsonl":
+        output.write_text("".join(json.dumps(r, default=str) + "\n" for r in rows))
+    elif output.suffix == ".json":
+        output.write_text(json.dumps(rows, indent=1, default=str))
+    else:
+        table = pd.DataFrame([_flat(r) for r in rows])
+        table.to_csv(output, index=False) if output.suffix == ".csv" else table.to_parquet(output, index=False)
 
 
 def register(app: typer.Typer) -> None:

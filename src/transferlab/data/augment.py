@@ -11,9 +11,9 @@ from random import Random
 
 import nltk
 from nltk.corpus.reader.wordnet import WordNetCorpusReader
-from pydantic import BaseModel, ConfigDict, Field
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
+from transferlab.config import AugmentConfig
 from transferlab.errors import UserError
 
 #: Where Debian's `wordnet-base` package puts the WordNet 3.0 database.
@@ -39,23 +39,6 @@ _REQUIRED = [f"{kind}.{pos}" for kind in ("index", "data") for pos in ("noun", "
 # Whole alphabetic words only: "abc123" or "3rd" are never candidates for a synonym.
 _WORD = re.compile(r"\b[A-Za-z]+\b")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
-
-
-class AugmentConfig(BaseModel):
-    """Rates of each augmentation (0 = off) and how many augmented copies to add per training text."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    synonym: float = Field(0.0, ge=0, le=1, description="fraction of words replaced by a WordNet synonym")
-    dropout: float = Field(0.0, ge=0, le=1, description="probability of deleting each word")
-    swap: float = Field(0.0, ge=0, le=1, description="number of random word swaps, as a fraction of words")
-    shuffle: float = Field(0.0, ge=0, le=1, description="probability of shuffling the sentences")
-    copies: int = Field(1, ge=0, description="augmented variants added per original text")
-
-    @property
-    def enabled(self) -> bool:
-        """True when at least one augmentation would change a text and copies are requested."""
-        return self.copies > 0 and any((self.synonym, self.dropout, self.swap, self.shuffle))
 
 
 class _WordNetReader(WordNetCorpusReader):

@@ -72,3 +72,22 @@ def _stratified_take(frame: pd.DataFrame, label_column: str, seed: int, purpose:
 
 def _rows(frame: pd.DataFrame, positions: np.ndarray) -> pd.DataFrame:
     return frame.iloc[positions].reset_index(drop=True)
+
+
+def random_split(frame: pd.DataFrame, eval_fraction: float, seed: int, source: str,
+                 what: str = "example") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, eval): a seeded random held-out fraction, for examples without classes to stratify on."""
+    if len(frame) < 2:
+        raise UserError(f"{source} has {len(frame)} {what}; an eval split needs at least 2.",
+                        f"Add {what}s, or give a separate eval file with --eval-data.")
+    train, evaluation = train_test_split(frame, test_size=eval_fraction, random_state=seed)
+    return train.reset_index(drop=True), evaluation.reset_index(drop=True)
+
+
+def sample_rows(frame: pd.DataFrame, n: int | None, seed: int, stratify: bool = False) -> pd.DataFrame:
+    """A seeded subset of n rows (stratified on `label` if asked); all rows when n is None or not smaller."""
+    if not n or n >= len(frame):
+        return frame
+    if stratify:
+        return subsample(frame, n, seed)
+    return frame.sample(n=n, random_state=seed).reset_index(drop=True)

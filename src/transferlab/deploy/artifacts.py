@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from transferlab.config import RunConfig, build_config, load_yaml
 from transferlab.errors import UserError
 from transferlab.precision import native_bf16
 
@@ -46,6 +47,18 @@ def run_dir_of(model_dir: Path) -> Path | None:
     """The run a model directory belongs to (its parent holds config.yaml), if any."""
     parent = model_dir.resolve().parent
     return parent if (parent / "config.yaml").is_file() else None
+
+
+def run_config(run_dir: Path) -> RunConfig:
+    """The validated config a run was trained with."""
+    path = run_dir / "config.yaml"
+    return build_config(load_yaml(path), str(path))
+
+
+def saved_run_config(model_dir: Path) -> RunConfig:
+    """The config of the run a saved model belongs to (its config.yaml), or the defaults for a bare model dir."""
+    run_dir = run_dir_of(model_dir)
+    return build_config({}) if run_dir is None else run_config(run_dir)
 
 
 def require_run_dir(path: str | Path, command: str) -> Path:

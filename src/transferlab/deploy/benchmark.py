@@ -14,10 +14,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from transferlab.deploy.artifacts import Variant, variants
-from transferlab.deploy.evalset import EvalSet, accuracy, load_eval_set
+from transferlab.deploy.evalset import EvalSet, load_eval_set, score
 from transferlab.deploy.predictor import Predictor
 from transferlab.errors import UserError
 
@@ -44,48 +45,48 @@ class Measurement:
     latency_p50_ms: float
     latency_p95_ms: float
     throughput_per_s: float
-    accuracy: float | None
+    score: float | None  # the task's headline metric on the eval set (accuracy, F1, Spearman...)
+    metric: str
 
 
-def latencies(predictor: Predictor, texts: list[str], repeats: int, warmup: int) -> np.ndarray:
-    """Seconds per single-text call (tokenization included), after warm-up calls."""
-    for text in texts[:warmup]:
-        predictor.outputs([text])
+def latencies(predictor: Predictor, frame: pd.DataFrame, repeats: int, warmup: int) -> np.ndarray:
+    """Seconds per single-example call (encoding and decoding included), after warm-up calls."""
+    for i in range(min(warmup, len(frame))):
+        predictor.predict_frame(frame.iloc[i:i + 1])
     times = []
     for i in range(repeats):
-        text = texts[i % len(texts)]
+        row = frame.iloc[[i % len(frame)]]
         start = time.perf_counter()
-        predictor.outputs([text])
+        predictor.predict_frame(row)
         times.append(time.perf_counter() - start)
     return np.array(times)
 
 
-def throughput(predictor: Predictor, texts: list[str], batches: int, repeats: int) -> float:
-    """Texts per second in batches of 32 (median of repeats, after one warm-up batch)."""
+def throughput(predictor: Predictor, frame: pd.DataFrame, batches: int, repeats: int) -> float:
+    """Examples per second in batches of 32 (median of repeats, after one warm-up batch)."""
     predictor.batch_size = THROUGHPUT_BATCH
-    sample = (texts * (1 + THROUGHPUT_BATCH * batches // max(len(texts), 1)))[:THROUGHPUT_BATCH * batches]
-    predictor.outputs(sample[:THROUGHPUT_BATCH])
+    n = THROUGHPUT_BATCH * batches
+    sample = pd.concat([frame] * (1 + n // max(len(frame), 1)), ignore_index=True).iloc[:n]
+    predictor.predict_frame(sample.iloc[:THROUGHPUT_BATCH])
     rates = []
     for _ in range(repeats):
         start = time.perf_counter()
-        predictor.outputs(sample)
+        predictor.predict_frame(sample)
         rates.append(len(sample) / (time.perf_counter() - start))
     return float(np.median(rates))
 
 
-def measure(variant: Variant, evalset: EvalSet | None, settings: Settings) -> Measurement:
-    """One variant's size, batch-1 latency percentiles, batch-32 throughput and eval accuracy."""
+def measure(variant: Variant, evalset: EvalSet, settings: Settings) -> Measurement:
+    """One variant's size, batch-1 latency percentiles, batch-32 throughput and eval score."""
     threads = settings.threads or torch.get_num_threads()
     predictor = Predictor(variant.model_dir, variant.backend, variant.int8, batch_size=THROUGHPUT_BATCH,
                           threads=threads, precision="bf16" if variant.bf16 else "fp32")
-    texts = evalset.texts if evalset else ["A quietly moving film with a terrific lead performance."]
-    lat = latencies(predictor, texts, settings.repeats, settings.warmup) * 1000
-    rate = throughput(predictor, texts, settings.throughput_batches, settings.throughput_repeats)
-    acc = accuracy(predictor, evalset) if evalset else None
+    lat = latencies(predictor, evalset.frame, settings.repeats, settings.warmup) * 1000
+    rate = throughput(predictor, evalset.frame, settings.throughput_batches, settings.throughput_repeats)
     return Measurement(variant.name, variant.backend, variant.int8, str(variant.model_dir),
                        round(variant.size_bytes / 2**20, 2), round(float(np.percentile(lat, 50)), 2),
                        round(float(np.percentile(lat, 95)), 2), round(rate, 1),
-                       None if acc is None else round(acc, 4))
+                       round(score(predictor, evalset), 4), predictor.task.metric)
 
 
 def machine() -> dict:
@@ -128,12 +129,12 @@ def plot_benchmark(rows: list[Measurement], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7.5, 5))
     biggest = max(r.size_mb for r in rows)
     for r in rows:
-        ax.scatter(r.latency_p50_ms, r.accuracy or 0, s=60 + 900 * r.size_mb / biggest, alpha=0.5)
-        ax.annotate(f"{r.variant}\n{r.size_mb:.0f} MB", (r.latency_p50_ms, r.accuracy or 0), fontsize=8,
+        ax.scatter(r.latency_p50_ms, r.score or 0, s=60 + 900 * r.size_mb / biggest, alpha=0.5)
+        ax.annotate(f"{r.variant}\n{r.size_mb:.0f} MB", (r.latency_p50_ms, r.score or 0), fontsize=8,
                     ha="center", va="center")
     ax.set_xlabel("latency p50 at batch 1 (ms)")
-    ax.set_ylabel("eval accuracy")
-    ax.set_title("size (point area) vs latency vs accuracy")
+    ax.set_ylabel(f"eval {rows[0].metric}")
+    ax.set_title(f"size (point area) vs latency vs {rows[0].metric}")
     ax.grid(alpha=0.3)
     ax.margins(x=0.15, y=0.1)  # room for the labels of the outermost points
     fig.tight_layout()

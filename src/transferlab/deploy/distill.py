@@ -1,7 +1,8 @@
 """Distillation: a student made of a subset of the teacher's layers, trained on the teacher's softened outputs.
 
-The loss is Hinton et al. (2015): α·T²·KL(softmax(teacher/T) ‖ softmax(student/T)) + (1 − α)·cross-entropy
-with the gold labels. The student starts from the teacher's own embeddings, head and evenly spaced layers
+The loss is Hinton et al. (2015): α·T²·KL(softmax(teacher/T) ‖ softmax(student/T)) + (1 − α)·the task's own
+loss with the gold targets; the KL term is summed over the task's outputs (class logits, tag logits per token,
+span start and end logits). The student starts from the teacher's own embeddings, head and evenly spaced layers
 (the top one always kept: its output is what the head was trained on), so it starts close to the teacher.
 """
 
@@ -14,7 +15,6 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.nn import functional as F
-from transformers.modeling_outputs import SequenceClassifierOutput
 
 from transferlab.errors import UserError
 
@@ -64,9 +64,11 @@ def make_student(teacher: nn.Module, layers: list[int]) -> nn.Module:
 class DistillationModel(nn.Module):
     """Runs the student; with labels, returns the combined soft + hard loss (the teacher stays frozen, in eval)."""
 
-    def __init__(self, student: nn.Module, teacher: nn.Module, temperature: float = 2.0, alpha: float = 0.5):
+    def __init__(self, student: nn.Module, teacher: nn.Module, outputs: tuple[str, ...], temperature: float = 2.0,
+                 alpha: float = 0.5):
         super().__init__()
         self.student = student
+        self.outputs = outputs
         self.teacher = teacher.eval().requires_grad_(False)
         self.temperature = temperature
         self.alpha = alpha
@@ -76,17 +78,17 @@ class DistillationModel(nn.Module):
         self.teacher.eval()  # no dropout in the targets
         return self
 
-    def forward(self, labels: torch.Tensor | None = None, **inputs) -> SequenceClassifierOutput:
-        logits = self.student(**inputs).logits
-        if labels is None:
-            return SequenceClassifierOutput(logits=logits)
+    def forward(self, **inputs):
+        out = self.student(**inputs)
+        if out.loss is None:  # no targets: prediction
+            return out
         with torch.no_grad():
-            target = self.teacher(**inputs).logits.float()
+            target = self.teacher(**inputs)
         t = self.temperature
-        soft = F.kl_div(F.log_softmax(logits.float() / t, dim=-1), F.softmax(target / t, dim=-1),
-                        reduction="batchmean") * t * t
-        hard = self.student.loss(logits, labels)
-        return SequenceClassifierOutput(loss=self.alpha * soft + (1 - self.alpha) * hard, logits=logits)
+        soft = sum(F.kl_div(F.log_softmax(out[name].float() / t, dim=-1), F.softmax(target[name].float() / t, dim=-1),
+                            reduction="batchmean") for name in self.outputs) * t * t
+        out.loss = self.alpha * soft + (1 - self.alpha) * out.loss
+        return out
 
 
 def distill_run(run_dir: Path, student_layers: int = 3, epochs: float = 2.0, temperature: float = 2.0,
@@ -95,14 +97,16 @@ def distill_run(run_dir: Path, student_layers: int = 3, epochs: float = 2.0, tem
 
     Returns (student directory, teacher layers kept, student eval metrics)."""
     from transferlab.deploy.finetune import finetune, save_derived
-    from transferlab.deploy.predictor import load_torch_model
+    from transferlab.deploy.predictor import load_saved_task
+    from transferlab.deploy.prune import load_head_model
 
     if temperature <= 0 or not 0 <= alpha <= 1:
         raise UserError(f"--temperature {temperature} / --alpha {alpha} out of range.",
                         "The temperature must be > 0 and alpha (weight of the soft targets) within [0, 1].")
-    teacher = load_torch_model(run_dir / "model", "classification")
+    teacher = load_head_model(run_dir, "Distillation")
     layers = pick_layers(teacher.config.backbone[layer_count_key(teacher)], student_layers)
     student = make_student(teacher, layers)
-    metrics = finetune(DistillationModel(student, teacher, temperature, alpha), run_dir, epochs, lr,
+    outputs = load_saved_task(run_dir / "model").output_names
+    metrics = finetune(DistillationModel(student, teacher, outputs, temperature, alpha), run_dir, epochs, lr,
                        learner=student, show_progress=show_progress)
     return save_derived(student, run_dir, "distilled"), layers, metrics

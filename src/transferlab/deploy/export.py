@@ -14,12 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
 from transferlab.deploy.artifacts import backend_file, model_dir_of, run_dir_of
 from transferlab.deploy.predictor import Predictor
 from transferlab.errors import UserError
+from transferlab.tasks.base import Task
 
 FORMATS = ("onnx", "torchscript")
 PARITY_TOLERANCE = 1e-4
@@ -34,20 +36,21 @@ SAMPLE_TEXTS = [
     "Not good, not bad, just forgettable filler for a rainy afternoon.",
     "Worst script of the year.",
 ]
+SAMPLE_QUESTIONS = {"question": ["What is the plot like?", "Who would watch it again?"], "context": SAMPLE_TEXTS[2]}
 
 
 class ExportWrapper(nn.Module):
-    """Positional token tensors in, the task's output tensors out: the signature exported graphs keep."""
+    """Positional input tensors in, the task's output tensors out: the signature exported graphs keep."""
 
-    def __init__(self, model: nn.Module, input_names: list[str], output_names: tuple[str, ...]):
+    def __init__(self, model: nn.Module, task: Task, input_names: list[str]):
         super().__init__()
         self.model = model
+        self.task = task
         self.input_names = input_names
-        self.output_names = output_names
 
     def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        out = self.model(**dict(zip(self.input_names, tensors, strict=True)))
-        return tuple(getattr(out, name) for name in self.output_names)
+        out = self.task.graph_forward(self.model, dict(zip(self.input_names, tensors, strict=True)))
+        return tuple(getattr(out, name) for name in self.task.output_names)
 
 
 @dataclass
@@ -62,42 +65,44 @@ class ExportResult:
         return self.path.stat().st_size / 2**20
 
 
-def parity_texts(model_dir: Path) -> list[str]:
-    """Real inputs for the parity check: the run's eval texts when the model belongs to a run."""
-    run_dir = run_dir_of(model_dir)
+def parity_inputs(predictor: Predictor) -> pd.DataFrame:
+    """Real inputs for the parity check: the run's eval examples when the model belongs to a run."""
+    run_dir = run_dir_of(predictor.model_dir)
     if run_dir is not None:
         from transferlab.deploy.evalset import load_eval_set
 
         try:
-            return load_eval_set(run_dir, limit=PARITY_EXAMPLES).texts
+            return load_eval_set(run_dir, limit=PARITY_EXAMPLES).frame
         except UserError:
-            pass  # the run's data moved or is not classification: the samples still test real sentences
-    return SAMPLE_TEXTS
+            pass  # the run's data moved: the samples still test real sentences
+    return predictor.task.inputs_from_args(SAMPLE_TEXTS, SAMPLE_QUESTIONS)
 
 
-def max_output_diff(reference: Predictor, candidate: Predictor, texts: list[str]) -> float:
-    """Largest |difference| of any output between two predictors, in padded batches and one text at a time."""
+def max_output_diff(reference: Predictor, candidate: Predictor, frame: pd.DataFrame) -> float:
+    """Largest |difference| of any model output between two predictors, in padded batches and one at a time."""
     worst = 0.0
-    for batch_size, subset in ((8, texts), (1, texts[:3])):
+    for batch_size, subset in ((8, frame), (1, frame.iloc[:3])):
         reference.batch_size = candidate.batch_size = batch_size
-        a, b = reference.outputs(subset), candidate.outputs(subset)
+        a, b = reference.raw_outputs(subset), candidate.raw_outputs(subset)
         worst = max(worst, *(float(np.abs(a[k] - b[k]).max()) for k in a))
     return worst
 
 
-def _trace_inputs(predictor: Predictor, texts: list[str]) -> tuple[torch.Tensor, ...]:
-    # shortest and longest text together: the traced example has padding
-    by_length = sorted(texts, key=len)
-    enc = predictor.encode([by_length[0], by_length[-1]])
-    return tuple(torch.from_numpy(enc[n]) for n in predictor.input_names)
+def _trace_inputs(predictor: Predictor, frame: pd.DataFrame) -> tuple[torch.Tensor, ...]:
+    # the shortest and the longest example together: the traced example has padding
+    features = predictor.task.encode(frame)
+    by_length = sorted(features, key=predictor.task.length)
+    batch = predictor.task.collate([by_length[0], by_length[-1]])
+    return tuple(batch[n] for n in predictor.input_names)
 
 
 def _export_onnx(wrapper: ExportWrapper, example: tuple[torch.Tensor, ...], path: Path) -> None:
+    outputs = list(wrapper.task.output_names)
     axes = {name: {0: "batch", 1: "sequence"} for name in wrapper.input_names}
-    axes.update({name: {0: "batch"} for name in wrapper.output_names})
+    axes.update({name: {0: "batch"} | ({1: "sequence"} if wrapper.task.per_position else {}) for name in outputs})
     torch.onnx.export(wrapper, example, str(path), dynamo=False, opset_version=ONNX_OPSET,
-                      input_names=wrapper.input_names, output_names=list(wrapper.output_names),
-                      dynamic_axes=axes, do_constant_folding=True)
+                      input_names=wrapper.input_names, output_names=outputs, dynamic_axes=axes,
+                      do_constant_folding=True)
 
 
 def _export_torchscript(wrapper: ExportWrapper, example: tuple[torch.Tensor, ...], path: Path) -> None:
@@ -114,17 +119,22 @@ def export_model(path: str | Path, fmt: str, module: nn.Module | None = None, in
         raise UserError(f"Unknown export format '{fmt}'.", f"Choose one of: {', '.join(FORMATS)}.")
     model_dir = model_dir_of(path)
     reference = Predictor(model_dir, "torch")
+    if not reference.task.exportable:
+        raise UserError(f"'{model_dir}' is a {reference.task.name} model: it generates text token by token, a loop "
+                        f"that {fmt} cannot hold as one graph.",
+                        "Serve and benchmark it on the torch backend; for int8 use the torch backend's dynamic "
+                        "quantization (`transferlab quantize --backend torch`, or --int8 with --backend torch).")
     if module is not None:
         reference.run.model = module
     out = backend_file(model_dir, fmt, int8)
-    texts = parity_texts(model_dir)
-    wrapper = ExportWrapper(reference.run.model, reference.input_names, reference.io.outputs).eval()
+    frame = parity_inputs(reference)
+    wrapper = ExportWrapper(reference.run.model, reference.task, reference.input_names).eval()
     start = time.perf_counter()
     with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
         warnings.simplefilter("ignore")  # the exporters' tracer and deprecation chatter, not actionable here
-        (_export_onnx if fmt == "onnx" else _export_torchscript)(wrapper, _trace_inputs(reference, texts), out)
+        (_export_onnx if fmt == "onnx" else _export_torchscript)(wrapper, _trace_inputs(reference, frame), out)
     seconds = time.perf_counter() - start
-    diff = max_output_diff(reference, Predictor(out), texts)
+    diff = max_output_diff(reference, Predictor(out), frame)
     if diff > PARITY_TOLERANCE:
         out.unlink()
         raise UserError(f"The {fmt} export of '{model_dir}' differs from PyTorch by {diff:.2e} (limit "

@@ -13,9 +13,8 @@ from accelerate.utils import set_seed
 from torch import nn
 
 from transferlab.config import RunConfig, build_config
-from transferlab.deploy.evalset import run_config
-from transferlab.models.backbone import load_tokenizer
-from transferlab.models.groups import layer_groups
+from transferlab.deploy.artifacts import run_config
+from transferlab.deploy.predictor import load_saved_task
 from transferlab.strategies.named import plan_for_config
 from transferlab.tasks import task_class
 from transferlab.tasks.base import RunData, Task
@@ -24,18 +23,16 @@ from transferlab.training.trainer import Trainer
 
 @dataclass
 class RunContext:
-    """A run's config, data, task and tokenizer: what training a model for that run needs."""
+    """A run's config, data and task: what training a model for that run needs."""
 
     cfg: RunConfig
     data: RunData
     task: Task
-    tokenizer: object
 
     def batches(self, frame: pd.DataFrame, batch_size: int) -> list[dict]:
-        """Padded tensor batches of a frame's examples (with labels)."""
-        features = self.task.encode(frame, self.tokenizer, self.cfg.model.max_length)
-        return [self.task.collate(features[i:i + batch_size], self.tokenizer)
-                for i in range(0, len(features), batch_size)]
+        """Padded tensor batches of a frame's examples (with their targets)."""
+        features = self.task.encode(frame)
+        return [self.task.collate(features[i:i + batch_size]) for i in range(0, len(features), batch_size)]
 
 
 def load_context(run_dir: Path, cfg: RunConfig | None = None) -> RunContext:
@@ -44,7 +41,8 @@ def load_context(run_dir: Path, cfg: RunConfig | None = None) -> RunContext:
 
     cfg = cfg or run_config(run_dir)
     data = load_run_data(cfg)
-    return RunContext(cfg, data, task_class(cfg.task).for_data(cfg, data), load_tokenizer(run_dir / "model"))
+    processor = load_saved_task(run_dir / "model").processor
+    return RunContext(cfg, data, task_class(cfg.task).for_data(cfg, data, processor))
 
 
 def finetune(model: nn.Module, run_dir: Path, epochs: float, lr: float, learner: nn.Module | None = None,
@@ -61,23 +59,21 @@ def finetune(model: nn.Module, run_dir: Path, epochs: float, lr: float, learner:
     cfg = build_config(doc, f"{run_dir / 'config.yaml'} (fine-tuning a derived model)")
     set_seed(cfg.seed)
     ctx = load_context(run_dir, cfg)
-    groups = layer_groups(learner or model)
+    groups = ctx.task.layer_groups(learner or model)
     phases = plan_for_config(cfg, groups).resolve(groups)
-    train, evaluation = (ctx.task.encode(frame, ctx.tokenizer, cfg.model.max_length)
-                         for frame in (ctx.data.train, ctx.data.eval))
+    train, evaluation = (ctx.task.encoded(frame) for frame in (ctx.data.train, ctx.data.eval))
     with tempfile.TemporaryDirectory(prefix="transferlab-finetune-") as work:
-        trainer = Trainer(model, ctx.task, ctx.tokenizer, groups, phases, train, evaluation, cfg.training,
-                          cfg.seed, Path(work), Accelerator(), show_progress=show_progress)
+        trainer = Trainer(model, ctx.task, groups, phases, train, evaluation, cfg.training, cfg.seed, Path(work),
+                          Accelerator(), show_progress=show_progress)
         trainer.train()
         _loss, metrics = trainer.evaluate()
     return metrics
 
 
 def save_derived(model: nn.Module, run_dir: Path, name: str) -> Path:
-    """Save a derived model as run_dir/name in Hugging Face format, with the run's tokenizer."""
+    """Save a derived model as run_dir/name as its task saves models (with the run's processor)."""
     out = run_dir / name
     if out.exists():
         shutil.rmtree(out)
-    model.save_pretrained(out)
-    load_tokenizer(run_dir / "model").save_pretrained(out)
+    load_saved_task(run_dir / "model").save_model(model, out)
     return out

@@ -1,126 +1,84 @@
-"""One Predictor over a saved model and any of its backends (torch, TorchScript, ONNX Runtime; fp32 or int8).
+"""One Predictor over a saved model of any task and any of its backends (torch, TorchScript, ONNX Runtime;
+fp32, bf16 or int8).
 
-Texts are tokenized in length-sorted batches (little padding), run through the backend, and decoded by the
-model's task. A backend only maps named input arrays to named output arrays, so a new task plugs in with a
-`TaskIO` entry (its model class, output names and decode) and every backend, export and the service follow.
+Inputs are encoded by the model's task, batched in length order (little padding), run through the backend, and
+turned back into the task's outputs and per-row predictions. A backend only maps named input tensors to the
+task's named outputs, so every task that is one forward pass works on every backend, and tasks that generate
+(text-to-text) work on the torch backend.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import torch
-import yaml
 
+from transferlab.backbones import open_saved
 from transferlab.deploy.artifacts import (
     BACKENDS,
     backend_file,
     backend_of_file,
     model_config,
     model_dir_of,
-    run_dir_of,
+    saved_run_config,
 )
+from transferlab.deploy.int8 import quantize_torch_model
 from transferlab.errors import UserError
-from transferlab.models.backbone import load_tokenizer
-from transferlab.models.modeling_transferlab import TransferlabForSequenceClassification
 from transferlab.precision import PRECISIONS, autocast_dtype
+from transferlab.tasks import task_class
+from transferlab.tasks.base import Task, concat_outputs
 
-DEFAULT_MAX_LENGTH = 256
-# the order of the positional inputs of exported models (those the tokenizer produces)
-INPUT_ORDER = ("input_ids", "attention_mask", "token_type_ids")
-
-__all__ = ["Predictor", "TaskIO", "TASK_IO", "input_names", "model_dir_of"]
+__all__ = ["Predictor", "load_saved_task", "model_dir_of"]
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return shifted / shifted.sum(axis=-1, keepdims=True)
+def backbone_type(config: dict) -> str:
+    """The backbone architecture of a saved model (a transferlab head model stores its backbone's config)."""
+    return (config.get("backbone") or {}).get("model_type") or config.get("model_type", "unknown")
 
 
-def decode_classification(outputs: dict[str, np.ndarray], labels: list[str]) -> list[dict]:
-    """Label, probability of that label, and every label's probability, for each row of logits."""
-    probs = softmax(outputs["logits"].astype(np.float64))
-    best = probs.argmax(axis=-1)
-    return [{"label": labels[b], "score": float(row[b]), "probabilities": dict(zip(labels, map(float, row),
-                                                                                  strict=True))}
-            for b, row in zip(best, probs, strict=True)]
-
-
-@dataclass(frozen=True)
-class TaskIO:
-    """What inference needs to know of a task: the model class, its output tensors, and how to decode them."""
-
-    model_class: type
-    outputs: tuple[str, ...]
-    decode: Callable[[dict[str, np.ndarray], list[str]], list[dict]]
-
-
-def decode_pairs(outputs: dict[str, np.ndarray], labels: list[str]) -> list[dict]:
-    """Sentence pairs: a similarity score (a one-output regression head) or a label, as classification."""
-    if outputs["logits"].shape[-1] == 1:
-        return [{"score": float(score)} for score in outputs["logits"][:, 0]]
-    return decode_classification(outputs, labels)
-
-
-TASK_IO = {"classification": TaskIO(TransferlabForSequenceClassification, ("logits",), decode_classification),
-           "pairs": TaskIO(TransferlabForSequenceClassification, ("logits",), decode_pairs)}
-
-
-def task_io(task: str) -> TaskIO:
-    if task not in TASK_IO:
-        raise UserError(f"Deployment does not support task '{task}' yet.",
-                        f"Supported tasks: {', '.join(TASK_IO)}.")
-    return TASK_IO[task]
-
-
-def input_names(tokenizer) -> list[str]:
-    """The model inputs a tokenizer produces, in the order exported models take them."""
-    return [name for name in INPUT_ORDER if name in tokenizer.model_input_names]
-
-
-def load_torch_model(model_dir: Path, task: str) -> torch.nn.Module:
-    """The saved task model in eval mode (safetensors weights)."""
-    return task_io(task).model_class.from_pretrained(str(model_dir)).eval()
+def load_saved_task(model_dir: Path, max_length: int | None = None) -> Task:
+    """The task of a saved model, with its processor, from config.json and the run's config.yaml."""
+    config = model_config(model_dir)
+    run_cfg = saved_run_config(model_dir)
+    backbone = open_saved(model_dir, backbone_type(config), max_length or run_cfg.model.max_length)
+    return task_class(config.get("task", "classification")).for_saved(model_dir, config, run_cfg, backbone.processor)
 
 
 class TorchBackend:
     """Eager PyTorch; `int8` applies dynamic int8 quantization of the Linear layers at load time, `bf16` runs
     the forward pass under bf16 autocast (about 1.8x the fp32 throughput on a CPU with avx512_bf16)."""
 
-    def __init__(self, model_dir: Path, task: str, int8: bool, bf16: bool = False):
-        self.model = load_torch_model(model_dir, task)
+    def __init__(self, task: Task, model_dir: Path, int8: bool, bf16: bool = False):
+        self.task = task
+        self.model = task.load_model(model_dir)
         if int8:
-            from transferlab.deploy.quantize import quantize_torch_model
-
-            self.model = quantize_torch_model(self.model)
-        self.outputs = task_io(task).outputs
+            self.model = quantize_torch_model(self.model, task.backbone_prefix)
         self.bf16 = bf16
 
     @torch.inference_mode()
-    def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(self, inputs: dict[str, torch.Tensor]):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
-            out = self.model(**{k: torch.from_numpy(v) for k, v in inputs.items()})
-        return {name: getattr(out, name).float().numpy() for name in self.outputs}
+            return self.task.eval_forward(self.model, inputs)
 
 
 class TorchScriptBackend:
     """A traced module (`transferlab export --format torchscript`) taking the inputs positionally."""
 
-    def __init__(self, path: Path, task: str, names: list[str]):
+    def __init__(self, path: Path, names: list[str], outputs: tuple[str, ...]):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             self.module = torch.jit.load(str(path), map_location="cpu").eval()
         self.names = names
-        self.outputs = task_io(task).outputs
+        self.outputs = outputs
 
     @torch.inference_mode()
-    def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = self.module(*(torch.from_numpy(inputs[n]) for n in self.names))
-        return {name: t.float().numpy() for name, t in zip(self.outputs, out, strict=True)}
+    def __call__(self, inputs: dict[str, torch.Tensor]):
+        out = self.module(*(inputs[n] for n in self.names))
+        return SimpleNamespace(**{name: t.float() for name, t in zip(self.outputs, out, strict=True)})
 
 
 class OnnxBackend:
@@ -140,20 +98,9 @@ class OnnxBackend:
         self.names = [i.name for i in self.session.get_inputs()]
         self.outputs = [o.name for o in self.session.get_outputs()]
 
-    def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        values = self.session.run(self.outputs, {n: inputs[n].astype(np.int64) for n in self.names})
-        return dict(zip(self.outputs, values, strict=True))
-
-
-def run_max_length(model_dir: Path) -> int:
-    """The max_length the model was trained with (its run's config.yaml), else a default."""
-    run_dir = run_dir_of(model_dir)
-    if run_dir is not None:
-        cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-        length = (cfg.get("model") or {}).get("max_length")
-        if length:
-            return int(length)
-    return DEFAULT_MAX_LENGTH
+    def __call__(self, inputs: dict[str, torch.Tensor]):
+        values = self.session.run(self.outputs, {n: inputs[n].numpy().astype(np.int64) for n in self.names})
+        return SimpleNamespace(**{n: torch.from_numpy(v) for n, v in zip(self.outputs, values, strict=True)})
 
 
 class Predictor:
@@ -177,18 +124,16 @@ class Predictor:
             raise UserError(f"Unknown backend '{backend}'.", f"Choose one of: {', '.join(BACKENDS)}.")
         self.model_dir = model_dir_of(path)
         self.config = model_config(self.model_dir)
-        self.task = self.config.get("task", "classification")
-        self.io = task_io(self.task)
-        self.labels = [self.config["id2label"][str(i)] for i in range(len(self.config["id2label"]))]
-        self.tokenizer = load_tokenizer(self.model_dir)
-        self.input_names = input_names(self.tokenizer)
+        self.task = load_saved_task(self.model_dir, max_length)
         self.backend, self.int8 = backend, int8
         self.bf16 = self._bf16(precision)
         self.batch_size = batch_size
-        self.max_length = max_length or run_max_length(self.model_dir)
         if threads and backend != "onnx":
             torch.set_num_threads(threads)
         self.file = backend_file(self.model_dir, backend, int8)
+        if backend != "torch" and not self.task.exportable:
+            raise UserError(f"'{self.model_dir}' is a {self.task.name} model, which runs on the torch backend only "
+                            "(it generates token by token).", "Use --backend torch (with --int8 for int8).")
         if backend != "torch" and not self.file.is_file():
             command = "quantize" if int8 else "export"
             raise UserError(f"'{self.model_dir}' has no {backend} {'int8 ' if int8 else ''}model ({self.file.name}).",
@@ -209,45 +154,71 @@ class Predictor:
         if self.backend == "onnx":
             return OnnxBackend(self.file, threads, spin_wait)
         if self.backend == "torchscript":
-            return TorchScriptBackend(self.file, self.task, self.input_names)
-        return TorchBackend(self.model_dir, self.task, self.int8, self.bf16)
+            return TorchScriptBackend(self.file, self.input_names, self.task.output_names)
+        return TorchBackend(self.task, self.model_dir, self.int8, self.bf16)
 
     @property
     def name(self) -> str:
         return f"{self.backend} {'int8' if self.int8 else 'bf16' if self.bf16 else 'fp32'}"
 
-    def encode(self, texts: list[str], text_pairs: list[str] | None = None) -> dict[str, np.ndarray]:
-        """Token arrays of one batch, padded to its longest text, truncated to max_length."""
-        enc = self.tokenizer(texts, text_pairs, truncation=True, max_length=self.max_length, padding=True,
-                             return_tensors="np")
-        return {n: enc[n] for n in self.input_names}
+    @property
+    def input_names(self) -> list[str]:
+        """The tensors exported graphs take, in order (those the backbone's processor produces)."""
+        return self.task.processor.input_names
 
-    def outputs(self, texts: list[str], text_pairs: list[str] | None = None) -> dict[str, np.ndarray]:
-        """The model's raw outputs (e.g. logits) for every text, in input order."""
-        if text_pairs is not None and len(text_pairs) != len(texts):
-            raise UserError(f"{len(texts)} texts but {len(text_pairs)} text pairs.", "Pass one pair per text.")
-        # similar lengths batched together: padding (wasted compute) stays small
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]) + len(text_pairs[i] if text_pairs else ""))
-        chunks: list[dict[str, np.ndarray]] = []
+    @property
+    def labels(self) -> list[str] | None:
+        return getattr(self.task, "label_names", None)
+
+    def batches(self, frame: pd.DataFrame):
+        """(feature positions, collated batch) in length order, so each batch has little padding."""
+        features = self.task.encode(frame)
+        order = sorted(range(len(features)), key=lambda i: self.task.length(features[i]))
         for start in range(0, len(order), self.batch_size):
-            idx = order[start:start + self.batch_size]
-            pairs = [text_pairs[i] for i in idx] if text_pairs is not None else None
-            chunks.append(self.run(self.encode([texts[i] for i in idx], pairs)))
+            index = order[start:start + self.batch_size]
+            yield index, self.task.collate([features[i] for i in index])
+
+    def _run(self, frame: pd.DataFrame, keep) -> dict[str, np.ndarray]:
+        """`keep(backend output, batch)` of every batch, joined and put back in feature order."""
+        chunks, positions = [], []
+        for index, batch in self.batches(frame):
+            inputs = {k: v for k, v in batch.items() if not k.startswith("_")}
+            chunks.append(keep(self.run(inputs), batch))
+            positions += index
         if not chunks:
             return {}
-        inverse = np.argsort(np.array(order), kind="stable")
-        return {name: np.concatenate([c[name] for c in chunks])[inverse] for name in chunks[0]}
+        inverse = np.argsort(np.array(positions), kind="stable")
+        return {k: v[inverse] for k, v in concat_outputs(chunks).items()}
 
-    def predict(self, texts: list[str], text_pairs: list[str] | None = None) -> list[dict]:
-        """Decoded predictions (classification: label, score, probabilities), one per text."""
-        if not texts:
-            return []
-        return self.io.decode(self.outputs(texts, text_pairs), self.labels)
+    def raw_outputs(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+        """The model's own output tensors (the task's `output_names`) per feature: what parity checks compare."""
+        return self._run(frame, lambda out, batch: {n: torch.as_tensor(getattr(out, n)).float().numpy()
+                                                    for n in self.task.output_names})
+
+    def outputs(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+        """The task's outputs (probabilities, tags, spans...) per feature."""
+        return self._run(frame, self.task.outputs)
+
+    def predict_frame(self, frame: pd.DataFrame) -> list[dict]:
+        """One prediction per row of `frame` (as the task reads it)."""
+        return self.task.decode(self.outputs(frame), frame) if len(frame) else []
+
+    def predict(self, rows: list[dict | str]) -> list[dict]:
+        """Predictions for rows of raw inputs, e.g. [{"text": ...}] or [{"text": ..., "text_pair": ...}]; a plain
+        string stands for a row of the task's first input field (the text of a classifier)."""
+        field = self.task.input_fields[0]
+        return self.predict_frame(pd.DataFrame([{field: r} if isinstance(r, str) else r for r in rows],
+                                               columns=None if rows else self.task.input_fields))
+
+    def evaluate(self, frame: pd.DataFrame) -> dict:
+        """The task's metrics on labelled examples."""
+        return self.task.metrics(self.outputs(frame), frame)
 
     def metadata(self) -> dict:
         """What a client needs to know of the model: task, labels, backbone, backend, limits."""
         backbone = self.config.get("backbone", {})
-        return {"task": self.task, "labels": self.labels, "backbone": backbone.get("model_type"),
-                "backbone_name": backbone.get("_name_or_path") or backbone.get("name_or_path"),
-                "layers": backbone.get("num_hidden_layers"), "backend": self.name, "max_length": self.max_length,
-                "model_dir": str(self.model_dir)}
+        return {"task": self.task.name, "labels": self.labels, "backbone": backbone_type(self.config),
+                "backbone_name": Path(backbone.get("_name_or_path") or backbone.get("name_or_path") or "").name
+                or None, "layers": backbone.get("num_hidden_layers"), "backend": self.name,
+                "max_length": getattr(self.task.processor, "max_length", None),
+                "inputs": self.task.input_fields, "model": self.model_dir.name}

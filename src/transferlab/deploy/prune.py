@@ -22,6 +22,18 @@ from transferlab.models.modeling_transferlab import remove_attention_heads
 METHODS = ("magnitude", "heads")
 
 
+def load_head_model(run_dir: Path, purpose: str) -> nn.Module:
+    """The saved model of a run, when it is a pretrained backbone under a transferlab head (every task but
+    text-to-text, whose encoder-decoder has no separate backbone to cut)."""
+    from transferlab.deploy.predictor import load_saved_task
+
+    task = load_saved_task(run_dir / "model")
+    if task.backbone_prefix != "backbone.":
+        raise UserError(f"{purpose} works on a backbone under a task head; '{run_dir}' holds a {task.name} model "
+                        "(an encoder-decoder).", "Use `transferlab quantize --backend torch` to shrink it.")
+    return task.load_model(run_dir / "model")
+
+
 def prunable_linears(model: nn.Module) -> list[nn.Linear]:
     """The backbone's Linear layers (attention and feed-forward); embeddings and the small head stay dense."""
     return [m for m in model.backbone.modules() if isinstance(m, nn.Linear)]
@@ -152,12 +164,11 @@ def prune_run(run_dir: Path, method: str, amount: float, epochs: float = 0.0, lr
               importance_examples: int = 256, show_progress: bool = True) -> PruneResult:
     """Prune a run's model, optionally fine-tune it briefly to recover, and save it as run_dir/pruned-<method>."""
     from transferlab.deploy.finetune import finetune, load_context, save_derived
-    from transferlab.deploy.predictor import load_torch_model
 
     if method not in METHODS:
         raise UserError(f"Unknown pruning method '{method}'.", f"Choose one of: {', '.join(METHODS)}.")
     check_amount(amount)
-    model = load_torch_model(run_dir / "model", "classification")
+    model = load_head_model(run_dir, "Pruning")
     removed = None
     if method == "magnitude":
         magnitude_prune(model, amount)

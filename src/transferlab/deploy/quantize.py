@@ -1,27 +1,23 @@
 """Dynamic int8 quantization: ONNX Runtime (default) or PyTorch, with the accuracy re-measured on the eval set.
 
 Dynamic quantization stores weights as int8 and quantizes activations on the fly, per batch, to uint8.
-See README "int8 without the accuracy collapse" for how the recipe below was chosen by measurement.
+See docs/deploy.md ("int8 without the accuracy collapse") for how the recipe below was chosen by measurement.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
-import torch
-from torch import nn
 
 from transferlab.deploy.artifacts import backend_file, model_dir_of
+from transferlab.deploy.int8 import quantize_torch_model
 from transferlab.errors import UserError
 
 BACKENDS = ("onnx", "torch")
-# the feed-forward output projection of each layer of a BERT-like encoder
-FFN_OUTPUT = re.compile(r"layer\.\d+\.output\.dense$")
 
 
 @dataclass(frozen=True)
@@ -67,22 +63,6 @@ def quantize_onnx_file(src: Path, dst: Path, recipe: OnnxRecipe = DEFAULT_RECIPE
     return dst
 
 
-def quantize_torch_model(model: nn.Module) -> nn.Module:
-    """PyTorch dynamic int8 of the encoder's Linear layers (per-channel weights), on a copy.
-
-    The feed-forward output projections stay fp32: PyTorch quantizes activations to 7 bits on x86, and their
-    input (the GELU output) has outliers that leave too few levels for ordinary values (README)."""
-    import copy
-
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-
-    spec = {name: per_channel_dynamic_qconfig for name, module in model.backbone.named_modules(prefix="backbone")
-            if isinstance(module, nn.Linear) and not FFN_OUTPUT.search(name)}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.ao.quantization is deprecated in favour of torchao
-        return quantize_dynamic(copy.deepcopy(model), spec, dtype=torch.qint8)
-
-
 def quantize(path: str | Path, backend: str = "onnx", recipe: OnnxRecipe = DEFAULT_RECIPE) -> Path:
     """Write the int8 model of a run/model directory for `backend` (ONNX exports fp32 first if needed)."""
     from transferlab.deploy.export import export_model
@@ -97,5 +77,6 @@ def quantize(path: str | Path, backend: str = "onnx", recipe: OnnxRecipe = DEFAU
         return quantize_onnx_file(src, backend_file(model_dir, "onnx", True), recipe)
     from transferlab.deploy.predictor import Predictor
 
-    module = quantize_torch_model(Predictor(model_dir, "torch").run.model)
+    reference = Predictor(model_dir, "torch")
+    module = quantize_torch_model(reference.run.model, reference.task.backbone_prefix)
     return export_model(model_dir, "torchscript", module=module, int8=True).path

@@ -21,6 +21,12 @@ LOWER_IS_BETTER = frozenset({"loss", "mse", "rmse", "mae"})
 _HEADLINE_ORDER = ("accuracy", "f1", "spearman", "pearson", "exact_match", "rougeL", "bleu")
 
 
+def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Probabilities from logits (float64, stable for large logits)."""
+    shifted = np.exp(logits.astype(np.float64) - logits.max(axis=axis, keepdims=True))
+    return shifted / shifted.sum(axis=axis, keepdims=True)
+
+
 def is_number(value: object) -> bool:
     """True for an int or float that is not a bool."""
     return isinstance(value, int | float) and not isinstance(value, bool)

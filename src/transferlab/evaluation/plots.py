@@ -18,7 +18,6 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from transferlab.evaluation.metrics import headline_metric, is_number
-from transferlab.models.groups import group_sort_key
 
 MAX_LEGEND = 12
 # Past this many classes the per-cell counts of a confusion matrix are unreadable: colour only.
@@ -35,13 +34,19 @@ def _records(history: Iterable[Mapping], kind: str) -> list[Mapping]:
     return sorted((r for r in history if r.get("kind") == kind), key=lambda r: r.get("step", 0))
 
 
+_STACKS = {"embeddings": 0, "stem": 0, "layer": 1, "stage": 1, "block": 1, "decoder": 2, "pooler": 3, "head": 4}
+_PARTS = {"attention": 0, "cross": 1}
+
+
 def _group_order(names: Iterable[str]) -> list[str]:
-    """Group names bottom (embeddings) to top (head); unknown names keep their order, after the known ones."""
+    """Group names bottom (embeddings) to top (head), read from the names a history holds (records may list
+    groups in any order); names of no known pattern keep their order, after the known ones."""
     def key(name: str) -> tuple:
-        try:
-            return (0, *group_sort_key(name))
-        except (KeyError, ValueError, IndexError):
+        parts = name.split(".")
+        if parts[0] not in _STACKS:
             return (1,)
+        index = parts[1] if len(parts) > 1 else "0"
+        return (0, _STACKS[parts[0]], int(index) if index.isdigit() else 10**6, _PARTS.get(parts[-1], 2))
     return sorted(dict.fromkeys(names), key=key)
 
 

@@ -24,13 +24,13 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
+from transferlab.backbones.groups import LayerGroups
 from transferlab.config import RunConfig, build_config
 from transferlab.data.augment import AugmentConfig
 from transferlab.errors import UserError
 from transferlab.evaluation.metrics import headline_metric
 from transferlab.evaluation.report import write_compare_report
 from transferlab.lab.cross_validation import aggregate_metrics, drop_checkpoints, summarize
-from transferlab.models.groups import LayerGroups
 from transferlab.pipeline import check_run_dir, load_run_data, make_accelerator, prepare_run, train_run
 from transferlab.strategies.named import build_plan, strategy_options
 from transferlab.strategies.plan import ResolvedPhase

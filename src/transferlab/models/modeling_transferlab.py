@@ -167,9 +167,12 @@ class TransferlabForSequenceClassification(TransferlabPreTrainedModel):
         self.head = SequenceHead(config)
         self.post_init()
 
-    def features(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
+    def features(self, input_ids, attention_mask=None, token_type_ids=None, **unused) -> torch.Tensor:
         """The pooled vector the head consumes (what the frozen-feature cache stores)."""
-        out, attention_mask = self.encode(input_ids, attention_mask, token_type_ids)
+        return self.pool_output(*self.encode(input_ids, attention_mask, token_type_ids))
+
+    def pool_output(self, out: ModelOutput, attention_mask: torch.Tensor) -> torch.Tensor:
+        """One vector per sequence from the backbone's output, as the config's pooling says."""
         if self.config.pooling == "pooler":
             return out.pooler_output
         return pool(out.last_hidden_state, attention_mask, self.config.pooling)
@@ -315,37 +318,44 @@ class TransferlabForTokenClassification(TransferlabPreTrainedModel):
         token_type_ids: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         tag_mask: torch.Tensor | None = None,
+        decode: bool = True,
         **unused,
     ) -> TaggerOutput:
+        """`decode=False` returns the emissions alone (what exported graphs compute; the CRF decodes outside)."""
         out, attention_mask = self.encode(input_ids, attention_mask, token_type_ids)
         emissions = self.classifier(self.dropout(out.last_hidden_state)).float()
+        if not decode and labels is None:
+            return TaggerOutput(logits=emissions)
         if tag_mask is None:
             tag_mask = labels != -100 if labels is not None else attention_mask
         tagged = tag_mask.bool()
-        if self.crf is None:
-            loss = None if labels is None else nn.functional.cross_entropy(
-                emissions.flatten(0, 1), labels.masked_fill(~tagged, -100).flatten())
-            predictions = None if self.training else emissions.argmax(-1).masked_fill(~tagged, -100)
-        else:
-            loss, predictions = self._crf(emissions, labels, tagged)
-        return TaggerOutput(loss=loss, logits=emissions, predictions=predictions)
-
-    def _crf(self, emissions: torch.Tensor, labels: torch.Tensor | None, tagged: torch.Tensor):
-        """CRF loss (mean negative log-likelihood per tag) and, in eval mode, the Viterbi paths."""
-        rows = tagged.any(dim=1)
-        if not rows.any():
-            predictions = None if self.training else torch.full_like(tagged, -100, dtype=torch.long)
-            return (None if labels is None else emissions.sum() * 0), predictions
-        scores, positions, mask = left_align(emissions[rows], tagged[rows])
         loss = None
         if labels is not None:
-            tags = labels[rows].gather(1, positions).clamp(min=0)
-            loss = -self.crf.log_likelihood(scores, tags, mask).sum() / mask.sum()
-        if self.training:
-            return loss, None
-        predictions = torch.full_like(tagged, -100, dtype=torch.long)
-        predictions[rows] = predictions[rows].scatter(1, positions, self.crf.decode(scores, mask))
-        return loss, predictions
+            loss = self._crf_loss(emissions, labels, tagged) if self.crf is not None else \
+                nn.functional.cross_entropy(emissions.flatten(0, 1), labels.masked_fill(~tagged, -100).flatten())
+        predictions = None if self.training or not decode else tag_predictions(self.crf, emissions, tagged)
+        return TaggerOutput(loss=loss, logits=emissions, predictions=predictions)
+
+    def _crf_loss(self, emissions: torch.Tensor, labels: torch.Tensor, tagged: torch.Tensor) -> torch.Tensor:
+        """Mean negative log-likelihood per tag of the gold paths."""
+        rows = tagged.any(dim=1)
+        if not rows.any():
+            return emissions.sum() * 0
+        scores, positions, mask = left_align(emissions[rows], tagged[rows])
+        tags = labels[rows].gather(1, positions).clamp(min=0)
+        return -self.crf.log_likelihood(scores, tags, mask).sum() / mask.sum()
+
+
+def tag_predictions(crf: CRF | None, emissions: torch.Tensor, tagged: torch.Tensor) -> torch.Tensor:
+    """The tag id of every tagged position (-100 elsewhere): the Viterbi path with a CRF, else the arg-max."""
+    if crf is None:
+        return emissions.argmax(-1).masked_fill(~tagged, -100)
+    predictions = torch.full_like(tagged, -100, dtype=torch.long)
+    rows = tagged.any(dim=1)
+    if rows.any():
+        scores, positions, mask = left_align(emissions[rows], tagged[rows])
+        predictions[rows] = predictions[rows].scatter(1, positions, crf.decode(scores, mask))
+    return predictions
 
 
 class TransferlabForQuestionAnswering(TransferlabPreTrainedModel):

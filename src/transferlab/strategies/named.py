@@ -10,9 +10,9 @@ from collections.abc import Callable
 
 from pydantic import BaseModel, Field, PositiveFloat
 
+from transferlab.backbones.groups import LayerGroups
 from transferlab.config import RunConfig
 from transferlab.errors import UserError
-from transferlab.models.groups import LayerGroups
 from transferlab.strategies.plan import Phase, Plan
 
 HEAD_LR = 1e-3  # a new, randomly initialised head needs a far higher lr than the pretrained body below it
@@ -36,38 +36,12 @@ class StrategyOptions(BaseModel):
     phases: list[Phase] | None = Field(None, description="the phases of a custom plan")
 
 
-# ---- stack order ----------------------------------------------------------------------------------
-def _levels(groups: LayerGroups) -> list[list[str]]:
-    """The unfreezable levels of the body, top first: one per encoder layer (decoder layers above them).
-
-    A stack's `last` groups (final norms) ride with its top layer, the pooler with the topmost level."""
-    tops: dict[str, int] = {}
-    for stack, index in (_stack_index(g) for g in groups.names):
-        if stack and index.isdigit():
-            tops[stack] = max(tops.get(stack, 0), int(index))
-    keyed: dict[tuple[bool, int], list[str]] = {}
-    for name in groups.names:
-        stack, index = _stack_index(name)
-        if stack in tops:
-            keyed.setdefault((stack == "decoder", int(index) if index.isdigit() else tops[stack]), []).append(name)
-    levels = [keyed[key] for key in sorted(keyed, reverse=True)]
-    if levels and "pooler" in groups.names:
-        levels[0].append("pooler")
-    return levels
-
-
-def _stack_index(group: str) -> tuple[str | None, str]:
-    """`layer.3.ffn` -> ("layer", "3"); groups outside the layer stacks -> (None, "")."""
-    parts = group.split(".")
-    return (parts[0], parts[1]) if parts[0] in ("layer", "decoder") and len(parts) > 1 else (None, "")
-
-
-def _discriminative(levels: list[list[str]], base: float, decay: float, embeddings: bool,
+# ---- rates by level -----------------------------------------------------------------------------
+def _discriminative(levels: list[list[str]], base: float, decay: float, inputs: list[str],
                     head_lr: float | None = None) -> dict[str, float]:
-    """lr(level j from the top) = base * decay**j; the head at `head_lr` (default base); embeddings lowest."""
+    """lr(level j from the top) = base * decay**j; the head at `head_lr` (default base); the input level lowest."""
     lrs = {g: base * decay**j for j, level in enumerate(levels) for g in level}
-    if embeddings:
-        lrs["embeddings"] = base * decay ** len(levels)
+    lrs.update({g: base * decay ** len(levels) for g in inputs})
     lrs["head"] = head_lr or base
     return lrs
 
@@ -129,7 +103,7 @@ def _body_and_head(groups: LayerGroups, body: list[str], lr: float, opts: Strate
 def full(groups: LayerGroups, opts: StrategyOptions, arg: str | None) -> list[Phase]:
     _no_arg("full", arg)
     lr = opts.lr or 3e-5
-    body = [g for g in groups.names if g != "head"]
+    body = [g.name for g in groups if g.kind != "head"]
     return _one_phase("full", _body_and_head(groups, body, lr, opts), opts)
 
 
@@ -140,24 +114,24 @@ def feature_extraction(groups: LayerGroups, opts: StrategyOptions, arg: str | No
 
 def freeze_bottom(groups: LayerGroups, opts: StrategyOptions, arg: str | None) -> list[Phase]:
     n = _int_arg("freeze-bottom", arg, None)
-    if n is None or n < 0 or n > groups.num_layers:
-        raise UserError(f"freeze-bottom:{arg} asks to freeze {arg} layers but the model has "
-                        f"{groups.num_layers} encoder layers.",
-                        f"Use freeze-bottom:N with 0 <= N <= {groups.num_layers} (embeddings are always frozen).")
+    depth = groups.num_layers
+    if n is None or n < 0 or n > depth:
+        raise UserError(f"freeze-bottom:{arg} asks to freeze {arg} layers but the model has {depth} encoder layers "
+                        f"(levels above its {', '.join(groups.inputs) or 'input'}).",
+                        f"Use freeze-bottom:N with 0 <= N <= {depth} (the input level is always frozen).")
     lr = opts.lr or 5e-5
-    top = groups.num_layers - 1  # `layer.last.*` (a final norm) rides with the top layer
-    body = [g for g in groups.names if g.startswith("layer.")
-            and (int(g.split(".")[1]) if g.split(".")[1].isdigit() else top) >= n]
-    # an encoder-decoder's decoder layers sit above every encoder layer: they learn
-    body += [g for g in groups.names if g == "pooler" or g.startswith("decoder.")]
+    # levels 0..n stay frozen; an encoder-decoder's decoder levels sit above every encoder level, so they learn.
+    # A pooler belongs to the top of the encoder but serves the head: it learns whatever n is.
+    body = [g.name for g in groups.body if g.level > n or g.kind == "pooler"]
     return _one_phase(f"freeze bottom {n}", _body_and_head(groups, body, lr, opts), opts)
 
 
 def freeze_attention(groups: LayerGroups, opts: StrategyOptions, arg: str | None) -> list[Phase]:
     _no_arg("freeze-attention", arg)
+    groups.require_kind("attention", "freeze-attention")
     lr = opts.lr or 1e-4
     # a decoder's cross-attention (decoder.i.cross) is its bridge to the encoder, and new in a warm start: it learns
-    body = [g for g in groups.names if g.endswith((".ffn", ".cross")) or g == "pooler"]
+    body = groups.of_kind("ffn", "cross-attention", "norm", "pooler")
     return _one_phase("ffn + head", _body_and_head(groups, body, lr, opts), opts)
 
 
@@ -165,8 +139,7 @@ def llrd(groups: LayerGroups, opts: StrategyOptions, arg: str | None) -> list[Ph
     """Layer-wise lr decay: one phase, every group learns, each layer down at `decay` times the lr above."""
     decay = parse_decay(arg, f"Strategy 'llrd:{arg}'") if arg is not None else opts.decay or 0.8
     # a model whose embedding matrix is its output layer (tied T5) has it in the head, no embeddings group
-    lrs = _discriminative(_levels(groups), opts.lr or 1e-4, decay, embeddings="embeddings" in groups.names,
-                          head_lr=opts.head_lr)
+    lrs = _discriminative(groups.levels(), opts.lr or 1e-4, decay, groups.inputs, head_lr=opts.head_lr)
     return _one_phase(f"llrd x{decay:.3g}", lrs, opts)
 
 
@@ -176,12 +149,15 @@ def _unfreezing(groups: LayerGroups, opts: StrategyOptions, arg: str | None, str
     """Phase 1 trains the head; each next phase adds the next layer from the top (ULMFiT's gradual unfreezing).
 
     With `decay`, the layers of a phase learn at discriminative rates below the phase's lr."""
-    levels = _levels(groups)
+    levels = groups.levels()
     depth = _int_arg(strategy, arg, opts.depth)
     depth = len(levels) if depth is None else depth
     if not 0 <= depth <= len(levels):
         raise UserError(f"Strategy '{strategy}' asks to unfreeze {depth} layers but the model has {len(levels)}.",
                         f"Use {strategy}:N with 0 <= N <= {len(levels)} (or leave N out for all layers).")
+    if opts.unfreeze_embeddings and not groups.inputs:
+        raise UserError(f"strategy.unfreeze_embeddings with '{strategy}': this model has no input-level group to "
+                        "unfreeze.", "Set unfreeze_embeddings: false.")
     if opts.unfreeze_embeddings and depth < len(levels):
         raise UserError(f"strategy.unfreeze_embeddings with '{strategy}' at depth {depth} would train the "
                         f"embeddings under {len(levels) - depth} frozen layers.",
@@ -193,20 +169,15 @@ def _unfreezing(groups: LayerGroups, opts: StrategyOptions, arg: str | None, str
     phases = []
     for k in range(n):
         unfrozen = levels[:min(k, depth)]
-        embeddings = k > depth
+        inputs = groups.inputs if k > depth else []
         if decay is None:
-            phase_lrs = {g: lrs[k] for level in unfrozen for g in level} | {"head": lrs[k]}
-            if embeddings:
-                phase_lrs["embeddings"] = lrs[k]
+            phase_lrs = {g: lrs[k] for level in unfrozen for g in level} | {g: lrs[k] for g in inputs} | \
+                {"head": lrs[k]}
         else:
-            phase_lrs = _discriminative(unfrozen, lrs[k], decay, embeddings)
-        name = "head" if k == 0 else "+ embeddings" if embeddings else f"+ {_level_name(levels[k - 1])}"
+            phase_lrs = _discriminative(unfrozen, lrs[k], decay, inputs)
+        name = "head" if k == 0 else f"+ {' + '.join(inputs)}" if inputs else f"+ {groups.unit(levels[k - 1])}"
         phases.append(Phase(name=name, epochs=epochs[k], lrs=phase_lrs, warmup=opts.warmup, schedule=opts.schedule))
     return phases
-
-
-def _level_name(level: list[str]) -> str:
-    return ".".join(level[0].split(".")[:2])
 
 
 def progressive(groups: LayerGroups, opts: StrategyOptions, arg: str | None) -> list[Phase]:

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, Field
 
+from transferlab.backbones.groups import LayerGroups
 from transferlab.errors import UserError
-from transferlab.models.groups import LayerGroups
 
 SCHEDULES = ("linear", "cosine", "constant")
 
@@ -73,7 +73,7 @@ class Plan:
                     raise UserError(
                         f"Phase {index + 1} of '{self.strategy}' gives group '{pattern}' lr {lr}.",
                         "Learning rates must be > 0; leave a group out of the phase to freeze it.")
-                for group in expand_pattern(pattern, groups.names):
+                for group in expand_pattern(pattern, groups):
                     lrs[group] = lr
             ordered = {g: lrs[g] for g in groups.names if g in lrs}
             trainable = sum(groups.size(g) for g in ordered)
@@ -81,10 +81,18 @@ class Plan:
         return resolved
 
 
-def expand_pattern(pattern: str, names: list[str]) -> list[str]:
-    """Groups matched by `pattern`: exact name, prefix (`layer.3`), range (`layer.2-5.ffn`) or glob (`layer.*`)."""
+def expand_pattern(pattern: str, groups: LayerGroups) -> list[str]:
+    """Groups matched by `pattern`: exact name, prefix (`layer.3`), range (`layer.2-5.ffn`), glob (`layer.*`) or
+    kind (`kind:adapter`)."""
+    names = groups.names
+    if pattern.startswith("kind:"):
+        matched = groups.of_kind(pattern[len("kind:"):])
+        if not matched:
+            raise UserError(f"Group pattern '{pattern}' matches no layer group of this model.",
+                            f"Kinds that exist: {', '.join(groups.kinds)}.")
+        return matched
     candidates = [pattern]
-    m = re.match(r"^(layer|decoder)\.(\d+)-(\d+)(.*)$", pattern)
+    m = re.match(r"^([A-Za-z_]+)\.(\d+)-(\d+)(.*)$", pattern)
     if m:
         lo, hi = int(m.group(2)), int(m.group(3))
         candidates = [f"{m.group(1)}.{i}{m.group(4)}" for i in range(min(lo, hi), max(lo, hi) + 1)]
@@ -92,6 +100,6 @@ def expand_pattern(pattern: str, names: list[str]) -> list[str]:
                                        for c in candidates)]
     if not matched:
         raise UserError(f"Group pattern '{pattern}' matches no layer group of this model.",
-                        f"Groups that exist: {', '.join(names)}. Patterns may use ranges (layer.2-5.ffn) "
-                        "and globs (layer.*.ffn).")
+                        f"Groups that exist: {', '.join(names)}. Patterns may use ranges (layer.2-5.ffn), "
+                        "globs (layer.*.ffn) and kinds (kind:ffn).")
     return matched

@@ -1,14 +1,13 @@
-"""Task registry: a run's `task` name -> its Task class."""
+"""Task registry: a run's `task` name -> its Task class. Importing the registry registers every task's config
+section (`ner:`, `qa:`, `pairs:`, `text2text:`), so configs can be validated."""
 
 from __future__ import annotations
 
 import importlib
-import json
-from pathlib import Path
 
 from transferlab.errors import UserError
 
-TASKS = {
+TASKS: dict[str, str | type] = {
     "classification": "transferlab.tasks.classification:ClassificationTask",
     "tokens": "transferlab.tasks.tokens:TokensTask",
     "qa": "transferlab.tasks.qa:QaTask",
@@ -21,18 +20,17 @@ def task_class(name: str):
     """The Task class registered under `name`."""
     if name not in TASKS:
         raise UserError(f"Unknown task '{name}'.", f"Choose one of: {', '.join(TASKS)}.")
-    module, _, attr = TASKS[name].partition(":")
+    target = TASKS[name]
+    if isinstance(target, type):
+        return target
+    module, _, attr = target.partition(":")
     return getattr(importlib.import_module(module), attr)
 
 
-def saved_task(model_dir: Path) -> str:
-    """The task a saved transferlab model was trained for (from its config.json)."""
-    return json.loads((Path(model_dir) / "config.json").read_text()).get("task", "classification")
+def register_task(name: str, task: type) -> None:
+    """Add a task class to the registry (its module registers its config section, if it has one)."""
+    TASKS[name] = task
 
 
-def require_saved_task(model_dir: Path, task: str, purpose: str) -> None:
-    """Refuse a saved model of another task (e.g. asking a NER model a question)."""
-    found = saved_task(model_dir)
-    if found != task:
-        raise UserError(f"{purpose} needs a '{task}' model, but {model_dir} holds a '{found}' model.",
-                        f"Train a model with task: {task}, or use the options of a '{found}' model.")
+for _target in list(TASKS.values()):
+    importlib.import_module(_target.partition(":")[0])

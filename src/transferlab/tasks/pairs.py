@@ -6,21 +6,45 @@ into the sequence model of classification: `num_labels == 1` makes its head a re
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 import torch
+from pydantic import Field, model_validator
 
-from transferlab.config import ModelConfig, PairsConfig, RunConfig
-from transferlab.data.sources import check_eval_labels, label_names, read_text_columns
-from transferlab.deploy.predictor import Predictor
+from transferlab.backbones.base import Backbone, Processor
+from transferlab.config import ConfigSection, ModelConfig, RunConfig, register_section
+from transferlab.data.sources import check_eval_labels, label_names
 from transferlab.errors import UserError
-from transferlab.evaluation.metrics import classification_metrics, regression_metrics
+from transferlab.evaluation.metrics import regression_metrics
 from transferlab.tasks.base import RunData, Task
 from transferlab.tasks.classification import ClassificationTask
-from transferlab.tasks.table import data_rows, read_columns, saved_run_config, train_and_eval
+from transferlab.tasks.table import data_rows, input_columns, read_columns, text_inputs, train_and_eval
 
 SCORE = "score"  # the one "label" of a regression model (its id2label)
+
+
+class PairsConfig(ConfigSection):
+    """Sentence pairs (task: pairs): two text columns and a score (regression) or a label (classification)."""
+
+    text_a_column: str = "text_a"
+    text_b_column: str = "text_b"
+    objective: Literal["regression", "classification"] = Field(
+        "regression", description="regression = a similarity score (MSE loss); classification = a label (NLI-style)")
+    score_column: str = Field("score", description="regression target column")
+    label_column: str = Field("label", description="classification target column")
+    min_score: float = Field(0.0, description="declared score range: a score outside it is an error")
+    max_score: float = 5.0
+
+    @model_validator(mode="after")
+    def _range_not_empty(self) -> PairsConfig:
+        if self.min_score >= self.max_score:
+            raise ValueError(f"min_score {self.min_score} must be below max_score {self.max_score}")
+        return self
+
+
+register_section("pairs", PairsConfig)
 
 
 def _text_columns(p: PairsConfig) -> dict[str, tuple[str, str]]:
@@ -51,21 +75,41 @@ def read_scored_pairs(source: str, p: PairsConfig) -> pd.DataFrame:
     return frame.assign(label=scores.astype(float))
 
 
-class PairClassificationTask(ClassificationTask):
-    """NLI-style labels (entailment / neutral / contradiction, paraphrase / not...) of a text pair."""
+def read_labelled_pairs(source: str, p: PairsConfig) -> pd.DataFrame:
+    """text, text_pair, label (str) of a file of classified pairs."""
+    frame = read_columns(source, _text_columns(p) | {"label": (p.label_column, "pairs.label_column")})
+    return frame.assign(label=frame["label"].astype(str).str.strip())
+
+
+class _PairsMixin:
+    """What both pair objectives share: the pairs section, two text columns in and out, the registry name."""
 
     name = "pairs"
 
+    @property
+    def input_fields(self) -> list[str]:
+        return ["text", "text_pair"]
+
+    def read_inputs(self, source: Path, run_cfg: RunConfig) -> pd.DataFrame:
+        p = run_cfg.section("pairs")
+        return input_columns(source, {"text": (p.text_a_column, "--set pairs.text_a_column="),
+                                      "text_pair": (p.text_b_column, "--set pairs.text_b_column=")},
+                             "A pairs model")
+
+    def inputs_from_args(self, values: list[str], options: dict) -> pd.DataFrame:
+        return text_inputs(values, 2, ("text", "text_pair"), ("text_a", "text_b"))
+
+
+class PairClassificationTask(_PairsMixin, ClassificationTask):
+    """NLI-style labels (entailment / neutral / contradiction, paraphrase / not...) of a text pair."""
+
+    def __init__(self, label_names: list[str], processor: Processor, pairs: bool = True):
+        super().__init__(label_names, processor, pairs=True)
+
     @classmethod
     def load_data(cls, cfg: RunConfig) -> RunData:
-        p = cfg.pairs
-        columns = _text_columns(p) | {"label": (p.label_column, "pairs.label_column")}
-
-        def load(source: str) -> pd.DataFrame:
-            frame = read_columns(source, columns)
-            return frame.assign(label=frame["label"].astype(str).str.strip())
-
-        train, evaluation = train_and_eval(cfg, load, stratify=True)
+        p = cfg.section("pairs")
+        train, evaluation = train_and_eval(cfg, lambda source: read_labelled_pairs(source, p), stratify=True)
         labels = label_names(train)
         if len(labels) < 2:
             raise UserError(f"{cfg.data.train} has only one label, {labels[0]!r}; pair classification needs 2 or "
@@ -75,25 +119,33 @@ class PairClassificationTask(ClassificationTask):
             check_eval_labels(train["label"], evaluation["label"], cfg.data.eval)
         return RunData(train, evaluation, labels)
 
+    def read_labelled(self, source: str, run_cfg: RunConfig) -> pd.DataFrame:
+        frame = read_labelled_pairs(source, run_cfg.section("pairs"))
+        check_eval_labels(self.label_names, frame["label"], source)
+        return frame
 
-class PairRegressionTask(ClassificationTask):
+    def line(self, row: dict, prediction: dict) -> str:
+        return f"{prediction['label']}\t{prediction['score']:.4f}\t{row['text']}\t{row['text_pair']}"
+
+
+class PairRegressionTask(_PairsMixin, ClassificationTask):
     """A similarity score in a declared range: the one-output head of classification and MSE loss; model
     selection follows Spearman's rank correlation. Predictions are the raw regression output (not clipped)."""
 
-    name = "pairs"
     metric = "spearman"
+    augmentable = False
+
+    def __init__(self, label_names: list[str], processor: Processor, pairs: bool = True):
+        super().__init__([SCORE], processor, pairs=True)
 
     @classmethod
     def load_data(cls, cfg: RunConfig) -> RunData:
-        train, evaluation = train_and_eval(cfg, lambda source: read_scored_pairs(source, cfg.pairs), stratify=False)
+        p = cfg.section("pairs")
+        train, evaluation = train_and_eval(cfg, lambda source: read_scored_pairs(source, p), stratify=False)
         return RunData(train, evaluation)
 
-    @classmethod
-    def for_data(cls, cfg: RunConfig, data: RunData) -> PairRegressionTask:
-        return cls([SCORE])
-
-    def build_model(self, model_dir: Path, model_cfg: ModelConfig) -> torch.nn.Module:
-        model = super().build_model(model_dir, model_cfg)
+    def build_model(self, backbone: Backbone, model_cfg: ModelConfig) -> torch.nn.Module:
+        model = super().build_model(backbone, model_cfg)
         model.config.problem_type = "regression"  # the transformers name of what a one-output head does
         return model
 
@@ -101,58 +153,44 @@ class PairRegressionTask(ClassificationTask):
         return frame["label"].astype(float).tolist()
 
     def outputs(self, model_output, batch: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-        scores = model_output.logits.float().squeeze(-1)
-        return {"predictions": scores.cpu().numpy(), "labels": batch["labels"].float().cpu().numpy()}
+        out = {"logits": model_output.logits.float().cpu().numpy()}
+        if "labels" in batch:
+            out["labels"] = batch["labels"].float().cpu().numpy()
+        return out
 
-    def metrics(self, outputs: dict[str, np.ndarray]) -> dict:
-        return regression_metrics(outputs["labels"].tolist(), outputs["predictions"].tolist())
+    def metrics(self, outputs: dict[str, np.ndarray], frame: pd.DataFrame) -> dict:
+        return regression_metrics(outputs["labels"].tolist(), outputs["logits"][:, 0].tolist())
+
+    def decode(self, outputs: dict[str, np.ndarray], frame: pd.DataFrame) -> list[dict]:
+        return [{"score": float(score)} for score in outputs["logits"][:, 0]]
+
+    def read_labelled(self, source: str, run_cfg: RunConfig) -> pd.DataFrame:
+        return read_scored_pairs(source, run_cfg.section("pairs"))
+
+    def line(self, row: dict, prediction: dict) -> str:
+        return f"{prediction['score']:.4f}\t{row['text']}\t{row['text_pair']}"
 
 
 class PairsTask:
-    """The registry entry of `pairs`: regression or classification, as the run config's pairs.objective says."""
+    """The registry entry of `pairs`: regression or classification, as the run config's pairs.objective (or a
+    saved model's head) says."""
 
     name = "pairs"
 
     @staticmethod
     def variant(cfg: RunConfig) -> type[Task]:
-        return PairRegressionTask if cfg.pairs.objective == "regression" else PairClassificationTask
+        return PairRegressionTask if cfg.section("pairs").objective == "regression" else PairClassificationTask
 
     @classmethod
     def load_data(cls, cfg: RunConfig) -> RunData:
         return cls.variant(cfg).load_data(cfg)
 
     @classmethod
-    def for_data(cls, cfg: RunConfig, data: RunData) -> Task:
-        return cls.variant(cfg).for_data(cfg, data)
+    def for_data(cls, cfg: RunConfig, data: RunData, processor: Processor) -> Task:
+        return cls.variant(cfg).for_data(cfg, data, processor)
 
-
-def predict_rows(run: str | Path, texts: list[str] | None, input: Path | None) -> list[dict]:
-    """`transferlab predict` on a pairs model: the pairs of the text_a / text_b columns of `input`, or the
-    texts taken two by two; one row per pair (label and probability, or score), then text_a and text_b."""
-    if input is not None:
-        first, second = read_text_columns(input, ("text_a", "text_b"), "A pairs model")
-    else:
-        texts = texts or []
-        if not texts or len(texts) % 2:
-            raise UserError(f"predict: a pairs model takes its texts two by two (text_a text_b ...), got {len(texts)}.",
-                            "Pass an even number of texts, or a file with text_a and text_b columns via --input.")
-        first, second = texts[::2], texts[1::2]
-    predictions = Predictor(run).predict(first, second)
-    return [{k: p[k] for k in ("label", "score") if k in p} | {"text_a": a, "text_b": b}
-            for p, a, b in zip(predictions, first, second, strict=True)]
-
-
-def evaluate_file(model_dir: Path, data: str) -> dict:
-    """Metrics of a saved pairs model on a file of pairs, read with the columns of its run's pairs section."""
-    p = saved_run_config(model_dir).pairs
-    predictor = Predictor(model_dir)
-    if predictor.labels == [SCORE]:
-        frame = read_scored_pairs(data, p)
-        predictions = predictor.predict(frame["text"].tolist(), frame["text_pair"].tolist())
-        return regression_metrics(frame["label"].tolist(), [x["score"] for x in predictions])
-    frame = read_columns(data, _text_columns(p) | {"label": (p.label_column, "pairs.label_column")})
-    check_eval_labels(predictor.labels, frame["label"], data)
-    predictions = predictor.predict(frame["text"].tolist(), frame["text_pair"].tolist())
-    probs = np.array([[x["probabilities"][label] for label in predictor.labels] for x in predictions])
-    return classification_metrics([predictor.labels.index(label) for label in frame["label"]], probs,
-                                  predictor.labels)
+    @classmethod
+    def for_saved(cls, model_dir: Path, config: dict, run_cfg: RunConfig, processor: Processor) -> Task:
+        regression = config.get("num_labels", len(config.get("id2label", {}))) == 1
+        variant = PairRegressionTask if regression else PairClassificationTask
+        return variant.for_saved(model_dir, config, run_cfg, processor)

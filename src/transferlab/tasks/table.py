@@ -1,4 +1,4 @@
-"""Examples as named columns of a data file (sentence pairs, text-to-text): read, check, split, subsample."""
+"""Examples as named columns of a data file: read and check them for training, evaluation and prediction."""
 
 from __future__ import annotations
 
@@ -7,12 +7,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
-from sklearn.model_selection import train_test_split
 
-from transferlab.config import RunConfig, build_config, load_yaml
+from transferlab.config import RunConfig
 from transferlab.data.sources import load_table
-from transferlab.data.splits import stratified_split, subsample
-from transferlab.deploy.artifacts import run_dir_of
+from transferlab.data.splits import random_split, sample_rows, stratified_split
 from transferlab.errors import UserError
 
 _SHOWN_ROWS = 5
@@ -25,19 +23,23 @@ def data_rows(mask: pd.Series) -> str:
                                                      if len(rows) > _SHOWN_ROWS else "")
 
 
+def _require(table: pd.DataFrame, source: str | Path, role: str, column: str, option: str) -> None:
+    if column not in table.columns:
+        found = [str(name) for name in table.columns]
+        close = difflib.get_close_matches(column, found, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UserError(f"{source} has no {role} column {column!r}{hint}; its columns are: {', '.join(found)}.",
+                        f"Name the right one with {option} COLUMN.")
+
+
 def read_columns(source: str, columns: dict[str, tuple[str, str]]) -> pd.DataFrame:
     """The columns of a data file as {role: (column, config option)} asks, renamed to their roles.
 
     A missing column, or an empty cell in one, is a UserError naming the option or the data rows.
     """
     table = load_table(source)
-    found = [str(name) for name in table.columns]
     for role, (column, option) in columns.items():
-        if column not in table.columns:
-            close = difflib.get_close_matches(column, found, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise UserError(f"{source} has no {role} column {column!r}{hint}; its columns are: {', '.join(found)}.",
-                            f"Name the right one with --set {option}=COLUMN.")
+        _require(table, source, role, column, f"--set {option}=")
     frame = table[[column for column, _ in columns.values()]].set_axis(list(columns), axis=1).reset_index(drop=True)
     for role, (column, _) in columns.items():
         empty = frame[role].isna() | (frame[role].astype(str).str.strip() == "")
@@ -48,13 +50,37 @@ def read_columns(source: str, columns: dict[str, tuple[str, str]]) -> pd.DataFra
     return frame
 
 
-def random_split(frame: pd.DataFrame, eval_fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(train, eval): a seeded random held-out fraction, for examples without classes to stratify on."""
-    if len(frame) < 2:
-        raise UserError(f"Cannot split {len(frame)} example into train and eval.",
-                        "Add examples, or give a separate eval file (--eval-data).")
-    train, evaluation = train_test_split(frame, test_size=eval_fraction, random_state=seed)
-    return train.reset_index(drop=True), evaluation.reset_index(drop=True)
+def input_columns(source: Path, roles: dict[str, tuple[str, str]], reader: str) -> pd.DataFrame:
+    """A prediction input file with every one of its columns, plus its text columns under their roles
+    ({role: (column, option)}); missing cells are "". `attrs["input_columns"]` lists the file's own columns."""
+    table = load_table(source)
+    for role, (column, option) in roles.items():
+        if column not in table.columns:
+            raise UserError(f"{source}: no column {column!r} for the {role} (columns: "
+                            f"{', '.join(map(str, table.columns))}).",
+                            f"{reader} reads its inputs from the column(s) {', '.join(c for c, _ in roles.values())}; "
+                            f"name the right one with {option}.")
+    frame = table.copy()
+    frame.attrs["input_columns"] = [str(c) for c in table.columns]
+    for role, (column, _) in roles.items():
+        frame[role] = table[column].fillna("").astype(str)
+    return frame
+
+
+def text_inputs(values: list[str], per_example: int, roles: tuple[str, ...],
+                names: tuple[str, ...] | None = None) -> pd.DataFrame:
+    """Texts from the command line as examples of `per_example` texts each (a pair takes two); `names` are the
+    columns the texts get in written predictions (default: their roles)."""
+    if not values or len(values) % per_example:
+        raise UserError(f"predict: this model takes its texts {per_example} at a time "
+                        f"({' '.join((names or roles)[:per_example])} ...), got {len(values)}.",
+                        "Pass texts as arguments, or a file with --input.")
+    frame = pd.DataFrame({role: values[i::per_example] for i, role in enumerate(roles[:per_example])})
+    shown = list((names or roles)[:per_example])
+    for role, name in zip(roles, shown, strict=False):
+        frame[name] = frame[role]
+    frame.attrs["input_columns"] = shown
+    return frame
 
 
 def train_and_eval(cfg: RunConfig, load: Callable[[str], pd.DataFrame],
@@ -67,22 +93,6 @@ def train_and_eval(cfg: RunConfig, load: Callable[[str], pd.DataFrame],
     elif stratify:
         train, evaluation = stratified_split(train, d.eval_fraction, cfg.seed)
     else:
-        train, evaluation = random_split(train, d.eval_fraction, cfg.seed)
-    return _subset(train, d.max_train_examples, cfg.seed, stratify), \
-        _subset(evaluation, d.max_eval_examples, cfg.seed, stratify)
-
-
-def _subset(frame: pd.DataFrame, n: int | None, seed: int, stratify: bool) -> pd.DataFrame:
-    if not n or n >= len(frame):
-        return frame
-    if stratify:
-        return subsample(frame, n, seed)
-    return frame.sample(n=n, random_state=seed).reset_index(drop=True)
-
-
-def saved_run_config(model_dir: Path) -> RunConfig:
-    """The config of the run a saved model belongs to (its config.yaml), or the defaults for a bare model dir."""
-    run_dir = run_dir_of(model_dir)
-    if run_dir is None:
-        return build_config({})
-    return build_config(load_yaml(run_dir / "config.yaml"), str(run_dir / "config.yaml"))
+        train, evaluation = random_split(train, d.eval_fraction, cfg.seed, d.train)
+    return sample_rows(train, d.max_train_examples, cfg.seed, stratify), \
+        sample_rows(evaluation, d.max_eval_examples, cfg.seed, stratify)

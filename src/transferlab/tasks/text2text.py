@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from pydantic import Field
 from transformers import (
     AutoConfig,
     AutoModelForSeq2SeqLM,
@@ -25,14 +26,15 @@ from transformers import (
 )
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING
 
-from transferlab.config import ModelConfig, RunConfig, Text2TextConfig
-from transferlab.deploy.predictor import model_dir_of, run_max_length
+from transferlab.backbones import open_backbone
+from transferlab.backbones.base import Backbone, Processor
+from transferlab.backbones.groups import LayerGroups
+from transferlab.backbones.text import ENCODER_RULES, load_tokenizer
+from transferlab.config import ConfigSection, ModelConfig, RunConfig, register_section
 from transferlab.errors import UserError
 from transferlab.evaluation.metrics import generation_metrics
-from transferlab.models.backbone import load_tokenizer, resolve_model_dir
-from transferlab.models.groups import FAMILY_RULES, LayerGroups, layer_groups
 from transferlab.tasks.base import RunData, Task
-from transferlab.tasks.table import read_columns, saved_run_config, train_and_eval
+from transferlab.tasks.table import input_columns, read_columns, text_inputs, train_and_eval
 
 # EncoderDecoderModel warns on every forward with labels that its loss changed in transformers 4.12 (2021);
 # it concerns checkpoints trained before then, never a model built here.
@@ -62,11 +64,11 @@ def _check_can_generate(model_dir: Path) -> AutoConfig:
                         "(transformers does not know it as an encoder-decoder or an encoder).", fix) from err
     if config.is_encoder_decoder:
         # "encoder-decoder": a warm-started model saved by an earlier run, trained further
-        usable = type(config) in MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING and (model_type in FAMILY_RULES
+        usable = type(config) in MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING and (model_type in ENCODER_RULES
                                                                            or model_type == "encoder-decoder")
         kind = "encoder-decoder"
     else:
-        usable = type(config) in MODEL_FOR_CAUSAL_LM_MAPPING and model_type in FAMILY_RULES
+        usable = type(config) in MODEL_FOR_CAUSAL_LM_MAPPING and model_type in ENCODER_RULES
         kind = "encoder that can be warm-started as a decoder (a causal LM with cross-attention)"
     if not usable:
         raise UserError(f"The '{model_type}' model in '{model_dir}' cannot do text-to-text: transferlab needs an "
@@ -96,6 +98,21 @@ def warm_start(encoder_dir: Path, decoder_dir: Path, tokenizer: PreTrainedTokeni
     return model
 
 
+class Text2TextConfig(ConfigSection):
+    """Text-to-text (task: text2text): an encoder-decoder model generates the target from the source."""
+
+    source_column: str = "source"
+    target_column: str = "target"
+    prefix: str = Field("", description="prepended to every source (T5 style), e.g. 'summarize: '")
+    max_target_length: int = Field(64, ge=1, le=4096, description="target tokens kept in training and generated")
+    num_beams: int = Field(1, ge=1, description="1 = greedy decoding, more = beam search")
+    decoder: str | None = Field(None, description="an encoder-only model.name is warm-started as an encoder-decoder; "
+                                "its decoder from this model ('minilm' or a dir); None = model.name")
+
+
+register_section("text2text", Text2TextConfig)
+
+
 def _columns(options: Text2TextConfig) -> dict[str, tuple[str, str]]:
     return {"source": (options.source_column, "text2text.source_column"),
             "target": (options.target_column, "text2text.target_column")}
@@ -106,31 +123,40 @@ class Text2TextTask(Task):
 
     name = "text2text"
     metric = "rougeL"
+    exportable = False  # generation is a loop of forward passes, not one graph
+    backbone_prefix = ""  # a Hugging Face seq2seq model: its own LM head is the head
 
-    def __init__(self, options: Text2TextConfig):
+    def __init__(self, options: Text2TextConfig, processor: Processor):
+        super().__init__(processor)
         self.options = options
-        self.tokenizer: PreTrainedTokenizerBase | None = None  # the one that encoded the features decodes outputs
 
     @classmethod
     def load_data(cls, cfg: RunConfig) -> RunData:
-        columns = _columns(cfg.text2text)
+        columns = _columns(cfg.section("text2text"))
         train, evaluation = train_and_eval(cfg, lambda source: read_columns(source, columns), stratify=False)
         return RunData(train, evaluation)
 
     @classmethod
-    def for_data(cls, cfg: RunConfig, data: RunData) -> Text2TextTask:
-        return cls(cfg.text2text)
+    def for_data(cls, cfg: RunConfig, data: RunData, processor: Processor) -> Text2TextTask:
+        return cls(cfg.section("text2text"), processor)
 
-    def build_model(self, model_dir: Path, model_cfg: ModelConfig) -> torch.nn.Module:
+    @classmethod
+    def for_saved(cls, model_dir: Path, config: dict, run_cfg: RunConfig, processor: Processor) -> Text2TextTask:
+        # the prefix and generation settings travel with the model; the run config has the rest (columns)
+        prefix = (config.get("task_specific_params") or {}).get(TASK_PARAMS, {}).get("prefix", "")
+        return cls(run_cfg.section("text2text").model_copy(update={"prefix": prefix}), processor)
+
+    def build_model(self, backbone: Backbone, model_cfg: ModelConfig) -> torch.nn.Module:
+        model_dir = backbone.model_dir
         config = _check_can_generate(model_dir)
         if config.is_encoder_decoder:
             model = AutoModelForSeq2SeqLM.from_pretrained(str(model_dir))
         else:
-            decoder_dir = resolve_model_dir(self.options.decoder) if self.options.decoder else model_dir
+            decoder_dir = open_backbone(self.options.decoder).model_dir if self.options.decoder else model_dir
             if _check_can_generate(decoder_dir).is_encoder_decoder:
                 raise UserError(f"text2text.decoder '{decoder_dir}' is an encoder-decoder, not an encoder to "
                                 "warm-start a decoder from.", "Name a BERT-family encoder, or leave it unset.")
-            model = warm_start(model_dir, decoder_dir, load_tokenizer(model_dir))
+            model = warm_start(model_dir, decoder_dir, self.processor.tokenizer)
         gen = model.generation_config
         gen.num_beams, gen.max_new_tokens = self.options.num_beams, self.options.max_target_length
         params = dict(getattr(model.config, "task_specific_params", None) or {})
@@ -139,13 +165,19 @@ class Text2TextTask(Task):
         model.config.task = self.name  # saved in config.json: what `predict` reads to pick the task
         return model
 
-    def layer_groups(self, model: torch.nn.Module) -> LayerGroups:
-        return replace(layer_groups(model, backbone_prefix=""), new_head=False)
+    def load_model(self, model_dir: Path) -> torch.nn.Module:
+        return AutoModelForSeq2SeqLM.from_pretrained(str(model_dir)).eval()
 
-    def encode(self, frame: pd.DataFrame, tokenizer: PreTrainedTokenizerBase, max_length: int) -> list[dict]:
-        self.tokenizer = tokenizer
+    def layer_groups(self, model: torch.nn.Module) -> LayerGroups:
+        return replace(super().layer_groups(model), new_head=False)
+
+    def encode(self, frame: pd.DataFrame) -> list[dict]:
+        tokenizer, max_length = self.processor.tokenizer, self.processor.max_length
         sources = [self.options.prefix + text for text in frame["source"]]
         enc = tokenizer(sources, truncation=True, max_length=max_length, return_token_type_ids=False)
+        if "target" not in frame:
+            return [{"input_ids": enc["input_ids"][i], "attention_mask": enc["attention_mask"][i]}
+                    for i in range(len(frame))]
         # a BERT tokenizer starts every text with [CLS], which is the decoder's start token, not a target token
         lead = int(tokenizer("a")["input_ids"][0] in {tokenizer.cls_token_id, tokenizer.bos_token_id} - {None})
         targets = tokenizer(text_target=frame["target"].tolist(), truncation=True,
@@ -153,9 +185,9 @@ class Text2TextTask(Task):
         return [{"input_ids": enc["input_ids"][i], "attention_mask": enc["attention_mask"][i],
                  "labels": targets[i][lead:]} for i in range(len(frame))]
 
-    def collate(self, features: list[dict], tokenizer: PreTrainedTokenizerBase) -> dict[str, torch.Tensor]:
+    def collate(self, features: list[dict]) -> dict[str, torch.Tensor]:
         # pads labels with -100, which the loss ignores
-        return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)(features)
+        return DataCollatorForSeq2Seq(self.processor.tokenizer, label_pad_token_id=-100)(features)
 
     def eval_forward(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> Generated:
         loss = model(**inputs).loss if "labels" in inputs else None
@@ -163,63 +195,41 @@ class Text2TextTask(Task):
         return Generated(loss, sequences)
 
     def outputs(self, model_output: Generated, batch: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-        # token ids padded to one width (the start token + max_target_length), so batches concatenate
-        pad, width = self.tokenizer.pad_token_id, self.options.max_target_length + 1
-        labels = batch["labels"].masked_fill(batch["labels"] == -100, pad)
-        return {"generated": _pad_to(model_output.sequences, width, pad), "references": _pad_to(labels, width, pad)}
+        out = {"generated": model_output.sequences.cpu().numpy()}
+        if "labels" in batch:
+            out["references"] = batch["labels"].cpu().numpy()
+        return out
 
-    def metrics(self, outputs: dict[str, np.ndarray]) -> dict:
-        generated, references = (decode(self.tokenizer, torch.as_tensor(outputs[k])) for k in ("generated",
-                                                                                               "references"))
-        return generation_metrics(generated, references)
+    def texts(self, ids: np.ndarray) -> list[str]:
+        """Token ids (rows padded with -100 or the pad token) to texts, without special tokens."""
+        ids = torch.as_tensor(ids)
+        return decode(self.processor.tokenizer, ids.masked_fill(ids < 0, self.processor.tokenizer.pad_token_id))
+
+    def metrics(self, outputs: dict[str, np.ndarray], frame: pd.DataFrame) -> dict:
+        return generation_metrics(self.texts(outputs["generated"]), self.texts(outputs["references"]))
+
+    def decode(self, outputs: dict[str, np.ndarray], frame: pd.DataFrame) -> list[dict]:
+        return [{"generated": text} for text in self.texts(outputs["generated"])]
+
+    def read_labelled(self, source: str, run_cfg: RunConfig) -> pd.DataFrame:
+        return read_columns(source, _columns(run_cfg.section("text2text")))
+
+    @property
+    def input_fields(self) -> list[str]:
+        return ["source"]
+
+    def read_inputs(self, source: Path, run_cfg: RunConfig) -> pd.DataFrame:
+        column = run_cfg.section("text2text").source_column
+        return input_columns(source, {"source": (column, "--set text2text.source_column=")}, "A text2text model")
+
+    def inputs_from_args(self, values: list[str], options: dict) -> pd.DataFrame:
+        return text_inputs(values, 1, ("source",))
+
+    def line(self, row: dict, prediction: dict) -> str:
+        return f"{prediction['generated']}\t{row['source']}"
 
 
-def _pad_to(ids: torch.Tensor, width: int, pad: int) -> np.ndarray:
-    return torch.nn.functional.pad(ids, (0, width - ids.shape[1]), value=pad).cpu().numpy()
-
-
-def decode(tokenizer: PreTrainedTokenizerBase, ids: torch.Tensor) -> list[str]:
+def decode(tokenizer, ids: torch.Tensor) -> list[str]:
     """Token ids (batch, length) to texts, without special tokens."""
     return [text.strip() for text in tokenizer.batch_decode(ids, skip_special_tokens=True,
                                                             clean_up_tokenization_spaces=True)]
-
-
-class Text2TextPredictor:
-    """A saved text2text model: generates with its saved generation config after its saved task prefix."""
-
-    def __init__(self, path: str | Path, batch_size: int = 32, max_length: int | None = None):
-        self.model_dir = model_dir_of(path)
-        self.tokenizer = load_tokenizer(self.model_dir)
-        self.model = AutoModelForSeq2SeqLM.from_pretrained(str(self.model_dir)).eval()
-        self.prefix = (getattr(self.model.config, "task_specific_params", None) or {}).get(TASK_PARAMS, {}).get(
-            "prefix", "")
-        self.batch_size = batch_size
-        self.max_length = max_length or run_max_length(self.model_dir)
-
-    @torch.inference_mode()
-    def generate(self, texts: list[str]) -> list[str]:
-        """The generated text for each source text (the prefix is added here)."""
-        results = []
-        for start in range(0, len(texts), self.batch_size):
-            batch = self.tokenizer([self.prefix + t for t in texts[start:start + self.batch_size]], truncation=True,
-                                   max_length=self.max_length, padding=True, return_tensors="pt",
-                                   return_token_type_ids=False)
-            results += decode(self.tokenizer, self.model.generate(**batch))
-        return results
-
-
-def predict_rows(run: str | Path, texts: list[str]) -> list[dict]:
-    """`transferlab predict` on a text2text model: the generated text, then the source text."""
-    generated = Text2TextPredictor(run).generate(texts)
-    return [{"generated": g, "text": t} for g, t in zip(generated, texts, strict=True)]
-
-
-def evaluate_file(model_dir: Path, data: str) -> dict:
-    """ROUGE and BLEU of a saved text2text model on a file of sources and targets, read and encoded as its run
-    reads its eval data (columns, prefix, lengths)."""
-    cfg = saved_run_config(model_dir)
-    task = Text2TextTask(cfg.text2text)
-    tokenizer = load_tokenizer(model_dir)
-    features = task.encode(read_columns(data, _columns(cfg.text2text)), tokenizer, cfg.model.max_length)
-    model = AutoModelForSeq2SeqLM.from_pretrained(str(model_dir))
-    return task.metrics(task.run_model(model, tokenizer, features))

@@ -14,27 +14,39 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from pydantic import Field
+from safetensors import safe_open
 from seqeval.metrics import accuracy_score, classification_report, f1_score, precision_score, recall_score
 from seqeval.metrics.sequence_labeling import get_entities
-from sklearn.model_selection import train_test_split
-from torch import nn
-from transformers import PreTrainedTokenizerBase
 
-from transferlab.config import ModelConfig, RunConfig
+from transferlab.backbones.base import Backbone, Processor
+from transferlab.config import ConfigSection, ModelConfig, RunConfig, register_section
 from transferlab.data.conll import bio_labels, load_tagged
+from transferlab.data.splits import random_split, sample_rows
 from transferlab.errors import UserError
-from transferlab.models.backbone import build_task_model, load_tokenizer
-from transferlab.models.modeling_transferlab import TransferlabForTokenClassification
-from transferlab.tasks import require_saved_task
+from transferlab.models.build import build_task_model
+from transferlab.models.modeling_transferlab import CRF, TransferlabForTokenClassification, tag_predictions
 from transferlab.tasks.base import RunData, Task
+from transferlab.tasks.table import input_columns
 
 log = logging.getLogger("transferlab")
 
 _WORD = re.compile(r"\w+|[^\w\s]")  # raw text -> words: runs of letters/digits, or one punctuation mark
-_MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
-def require_offsets(tokenizer: PreTrainedTokenizerBase, task: str) -> None:
+class NerConfig(ConfigSection):
+    """Token classification (task: tokens): where the tokens and BIO tags are, and how they are learned."""
+
+    tokens_column: str = Field("tokens", description="JSONL/JSON/Parquet column of token lists (CoNLL: 1st column)")
+    tags_column: str = Field("tags", description="column of BIO tag lists (CoNLL: last column)")
+    crf: bool = Field(False, description="a CRF layer with BIO constraints on top, Viterbi decoding")
+    label_all_subtokens: bool = Field(False, description="tag every sub-token of a word, not only the first")
+
+
+register_section("ner", NerConfig)
+
+
+def require_offsets(tokenizer, task: str) -> None:
     """Token-level tasks map sub-tokens back to characters: they need a fast tokenizer's offset mapping."""
     if not tokenizer.is_fast:
         raise UserError(f"Task '{task}' needs character offsets, which the tokenizer {type(tokenizer).__name__} "
@@ -83,43 +95,54 @@ class TokensTask(Task):
 
     name = "tokens"
     metric = "f1"
+    per_position = True
 
-    def __init__(self, label_names: list[str], crf: bool = False, label_all_subtokens: bool = False):
+    def __init__(self, label_names: list[str], processor: Processor, crf: bool = False,
+                 label_all_subtokens: bool = False, crf_layer: CRF | None = None):
+        super().__init__(processor)
+        require_offsets(processor.tokenizer, self.name)
         self.label_names = label_names
         self.label_to_id = {name: i for i, name in enumerate(label_names)}
         self.crf = crf
         self.label_all_subtokens = label_all_subtokens
-        # per-word outputs are padded to one width (the longest sentence encoded) so batches concatenate
-        self.width = 1
+        self.crf_layer = crf_layer  # a saved CRF's transitions: decodes emissions of an exported graph
 
     @classmethod
     def load_data(cls, cfg: RunConfig) -> RunData:
-        d, ner = cfg.data, cfg.ner
+        d, ner = cfg.data, cfg.section("ner")
         frame = load_tagged(d.train, ner.tokens_column, ner.tags_column)
         if d.eval:
             train, evaluation = frame, load_tagged(d.eval, ner.tokens_column, ner.tags_column)
         else:
-            train, evaluation = random_split(frame, d.eval_fraction, cfg.seed, d.train)
+            train, evaluation = random_split(frame, d.eval_fraction, cfg.seed, d.train, "sentence")
         labels = bio_labels([*train["tags"], *evaluation["tags"]])
         train = sample_rows(train, d.max_train_examples, cfg.seed)
         evaluation = sample_rows(evaluation, d.max_eval_examples, cfg.seed)
         return RunData(train, evaluation, labels)
 
     @classmethod
-    def for_data(cls, cfg: RunConfig, data: RunData) -> TokensTask:
-        return cls(data.labels, cfg.ner.crf, cfg.ner.label_all_subtokens)
+    def for_data(cls, cfg: RunConfig, data: RunData, processor: Processor) -> TokensTask:
+        ner = cfg.section("ner")
+        return cls(data.labels, processor, ner.crf, ner.label_all_subtokens)
 
     @classmethod
-    def from_config(cls, config) -> TokensTask:
-        """The task a saved token-classification model was trained for (labels and options from its config)."""
-        labels = [config.id2label[i] for i in range(config.num_labels)]
-        return cls(labels, getattr(config, "crf", False), getattr(config, "label_all_subtokens", False))
+    def for_saved(cls, model_dir: Path, config: dict, run_cfg: RunConfig, processor: Processor) -> TokensTask:
+        labels = [config["id2label"][str(i)] for i in range(len(config["id2label"]))]
+        crf_layer = None
+        if config.get("crf"):
+            crf_layer = CRF(labels)
+            with safe_open(str(model_dir / "model.safetensors"), "pt") as weights:
+                crf_layer.load_state_dict({k: weights.get_tensor(f"crf.{k}") for k in crf_layer.state_dict()})
+        return cls(labels, processor, config.get("crf", False), config.get("label_all_subtokens", False), crf_layer)
 
-    def build_model(self, model_dir: Path, model_cfg: ModelConfig) -> torch.nn.Module:
+    def build_model(self, backbone: Backbone, model_cfg: ModelConfig) -> torch.nn.Module:
         return build_task_model(
-            model_dir, TransferlabForTokenClassification, task=self.name, num_labels=len(self.label_names),
+            backbone, TransferlabForTokenClassification, task=self.name, num_labels=len(self.label_names),
             id2label=dict(enumerate(self.label_names)), label2id=dict(self.label_to_id),
             head_dropout=model_cfg.head_dropout, crf=self.crf, label_all_subtokens=self.label_all_subtokens)
+
+    def load_model(self, model_dir: Path) -> torch.nn.Module:
+        return TransferlabForTokenClassification.from_pretrained(str(model_dir)).eval()
 
     @property
     def outside(self) -> int:
@@ -138,15 +161,16 @@ class TokensTask(Task):
         name = self.label_names[tag_id]
         return self.label_to_id.get("I-" + name[2:], tag_id) if name.startswith("B-") else tag_id
 
-    def encode(self, frame: pd.DataFrame, tokenizer: PreTrainedTokenizerBase, max_length: int) -> list[dict]:
+    def encode(self, frame: pd.DataFrame) -> list[dict]:
         """Per sentence: model inputs, `labels` / `tag_mask` per sub-token, and per word its first sub-token
-        (`_word_starts`, -1 if cut off) and gold tag (`_word_tags`)."""
-        require_offsets(tokenizer, self.name)
+        (`_word_starts`, -1 if cut off) and gold tag (`_word_tags`; O for unlabelled inputs)."""
+        tokenizer, max_length = self.processor.tokenizer, self.processor.max_length
         texts, spans = sentence_texts(frame)
         enc = tokenizer(texts, truncation=True, max_length=max_length, return_offsets_mapping=True)
-        keys = [k for k in _MODEL_INPUTS if k in enc]
+        keys = self.processor.input_names
+        tag_lists = frame["tags"] if "tags" in frame else [["O"] * len(s) for s in spans]
         features, cut = [], 0
-        for i, (word_spans, tags) in enumerate(zip(spans, frame["tags"], strict=True)):
+        for i, (word_spans, tags) in enumerate(zip(spans, tag_lists, strict=True)):
             gold = self._tag_ids(list(tags))
             starts = [-1] * len(gold)
             labels, tag_mask = [], []
@@ -160,16 +184,15 @@ class TokensTask(Task):
             cut += bool(starts) and starts[-1] == -1 and len(enc["input_ids"][i]) >= max_length
             features.append({**{k: enc[k][i] for k in keys}, "labels": labels, "tag_mask": tag_mask,
                              "_word_starts": starts, "_word_tags": gold})
-        self.width = max([self.width, *(len(f["_word_tags"]) for f in features)])
         if cut:
             log.warning("%d of %d sentences are longer than max_length %d tokens: their last words are "
                         "predicted O.", cut, len(features), max_length)
         return features
 
-    def collate(self, features: list[dict], tokenizer: PreTrainedTokenizerBase) -> dict[str, torch.Tensor]:
-        keys = [k for k in _MODEL_INPUTS if k in features[0]]
-        batch = tokenizer.pad([{k: f[k] for k in keys} for f in features], padding_side="right",
-                              return_tensors="pt")
+    def collate(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        keys = self.processor.input_names
+        batch = self.processor.tokenizer.pad([{k: f[k] for k in keys} for f in features], padding_side="right",
+                                             return_tensors="pt")
         width = batch["input_ids"].shape[1]
         batch["labels"] = pad_rows([f["labels"] for f in features], -100, width)
         batch["tag_mask"] = pad_rows([f["tag_mask"] for f in features], 0, width)
@@ -177,22 +200,26 @@ class TokensTask(Task):
         batch["_word_tags"] = pad_rows([f["_word_tags"] for f in features], -100)
         return batch
 
+    def graph_forward(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]):
+        return model(**inputs, decode=False)
+
     def outputs(self, model_output, batch: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-        """Per sentence, per word (padded with -100 to `width`): predicted tag id, its probability, gold tag id."""
-        predictions = model_output.predictions.cpu()
-        probs = torch.softmax(model_output.logits.float(), dim=-1).cpu()
+        """Per sentence, per word (padded with -100): predicted tag id, its probability, gold tag id."""
+        emissions = torch.as_tensor(model_output.logits).float().cpu()
+        predictions = getattr(model_output, "predictions", None)
+        if predictions is None:  # an exported graph gives emissions only: decode them here
+            predictions = tag_predictions(self.crf_layer, emissions, batch["tag_mask"].cpu().bool())
+        predictions = predictions.cpu()
+        probs = torch.softmax(emissions, dim=-1)
         chosen = probs.gather(-1, predictions.clamp(min=0).unsqueeze(-1)).squeeze(-1)
         starts, gold = batch["_word_starts"].cpu(), batch["_word_tags"].cpu()
         rows = torch.arange(len(starts)).unsqueeze(1)
         kept = starts >= 0
         pred = torch.where(kept, predictions[rows, starts.clamp(min=0)], self.outside).masked_fill(gold == -100, -100)
         score = torch.where(kept, chosen[rows, starts.clamp(min=0)], 0.0)
-        pad = self.width - gold.shape[1]
-        return {"pred": nn.functional.pad(pred, (0, pad), value=-100).numpy(),
-                "score": nn.functional.pad(score, (0, pad)).numpy(),
-                "gold": nn.functional.pad(gold, (0, pad), value=-100).numpy()}
+        return {"pred": pred.numpy(), "score": score.numpy(), "gold": gold.numpy()}
 
-    def metrics(self, outputs: dict[str, np.ndarray]) -> dict:
+    def metrics(self, outputs: dict[str, np.ndarray], frame: pd.DataFrame) -> dict:
         """Entity-level precision / recall / F1 (seqeval, conlleval rules), overall and per entity type."""
         names = self.label_names
         words = outputs["gold"] != -100
@@ -207,15 +234,51 @@ class TokensTask(Task):
                 "f1": float(f1_score(true, pred, zero_division=0)),
                 "token_accuracy": float(accuracy_score(true, pred)), "per_class": per_type}
 
+    def decode(self, outputs: dict[str, np.ndarray], frame: pd.DataFrame) -> list[dict]:
+        """The entities of each text: type, character start / end, the text, and the mean tag probability."""
+        texts, spans = sentence_texts(frame)
+        return [{"entities": self.entities(text, word_spans, pred, score)}
+                for text, word_spans, pred, score in zip(texts, spans, outputs["pred"], outputs["score"],
+                                                         strict=True)]
+
     def entities(self, text: str, spans: list[tuple[int, int]], tag_ids: np.ndarray, scores: np.ndarray) -> list[dict]:
         """Entity spans of one text: type, character start / end, the text, and the mean tag probability."""
-        tags = [self.label_names[t] for t in tag_ids[:len(spans)]]
+        tags = [self.label_names[t] if t >= 0 else "O" for t in tag_ids[:len(spans)]]
         found = []
         for kind, first, last in get_entities(tags):
             start, end = spans[first][0], spans[last][1]
             found.append({"type": kind, "start": start, "end": end, "text": text[start:end],
                           "score": round(float(np.mean(scores[first:last + 1])), 6)})
         return found
+
+    def read_labelled(self, source: str, run_cfg: RunConfig) -> pd.DataFrame:
+        ner = run_cfg.section("ner")
+        return load_tagged(source, ner.tokens_column, ner.tags_column)
+
+    def read_inputs(self, source: Path, run_cfg: RunConfig) -> pd.DataFrame:
+        return raw_sentences(input_columns(source, {"text": (run_cfg.data.text_column, "--text-column")},
+                                           "A token-classification model"))
+
+    def inputs_from_args(self, values: list[str], options: dict) -> pd.DataFrame:
+        if not values:
+            raise UserError("predict: no texts given.", "Pass texts as arguments or a file with --input.")
+        frame = pd.DataFrame({"text": values})
+        frame.attrs["input_columns"] = ["text"]
+        return raw_sentences(frame)
+
+    def line(self, row: dict, prediction: dict) -> str:
+        """The text, then `TYPE [start:end] 'text' score` per entity."""
+        found = "; ".join(f"{e['type']} [{e['start']}:{e['end']}] {e['text']!r} {e['score']:.2f}"
+                          for e in prediction["entities"])
+        return f"{row['text']}\t{found or '(no entities)'}"
+
+
+def raw_sentences(frame: pd.DataFrame) -> pd.DataFrame:
+    """Raw texts split into words (letter/digit runs and single punctuation marks) with their character spans."""
+    words = [split_words(text) for text in frame["text"]]
+    out = frame.assign(tokens=[w for w, _ in words], spans=[s for _, s in words])
+    out.attrs = dict(frame.attrs)
+    return out
 
 
 def sentence_texts(frame: pd.DataFrame) -> tuple[list[str], list[list[tuple[int, int]]]]:
@@ -224,59 +287,3 @@ def sentence_texts(frame: pd.DataFrame) -> tuple[list[str], list[list[tuple[int,
         return frame["text"].tolist(), frame["spans"].tolist()
     joined = [join_words(list(tokens)) for tokens in frame["tokens"]]
     return [t for t, _ in joined], [s for _, s in joined]
-
-
-def random_split(frame: pd.DataFrame, fraction: float, seed: int, source: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """A seeded random (train, eval) split of the sentences."""
-    if len(frame) < 2:
-        raise UserError(f"{source} has {len(frame)} sentence; an eval split needs at least 2.",
-                        "Add sentences, or give a separate eval file with --eval-data.")
-    train, evaluation = train_test_split(frame, test_size=fraction, random_state=seed)
-    return train.reset_index(drop=True), evaluation.reset_index(drop=True)
-
-
-def sample_rows(frame: pd.DataFrame, n: int | None, seed: int) -> pd.DataFrame:
-    """A seeded random subset of n rows (all rows when n is None or not smaller)."""
-    if not n or n >= len(frame):
-        return frame
-    return frame.sample(n=n, random_state=seed).reset_index(drop=True)
-
-
-class EntityPredictor:
-    """A saved token-classification model over raw texts: entity spans with character offsets."""
-
-    def __init__(self, model_dir: Path, batch_size: int = 32):
-        require_saved_task(model_dir, TokensTask.name, "Entity prediction")
-        self.tokenizer = load_tokenizer(model_dir)
-        self.model = TransferlabForTokenClassification.from_pretrained(str(model_dir)).eval()
-        self.task = TokensTask.from_config(self.model.config)
-        self.batch_size = batch_size
-        self.max_length = min(self.tokenizer.model_max_length, 512)
-
-    def predict(self, texts: list[str]) -> list[list[dict]]:
-        """The entities of each text (words are letter/digit runs and single punctuation marks)."""
-        words = [split_words(text) for text in texts]
-        frame = pd.DataFrame({"tokens": [w for w, _ in words], "tags": [["O"] * len(w) for w, _ in words],
-                              "text": texts, "spans": [s for _, s in words]})
-        out = self.task.run_model(self.model, self.tokenizer, self.task.encode(frame, self.tokenizer,
-                                                                               self.max_length), self.batch_size)
-        return [self.task.entities(text, spans, pred, score)
-                for text, (_, spans), pred, score in zip(texts, words, out["pred"], out["score"], strict=True)]
-
-    def evaluate(self, path: str, tokens_column: str = "tokens", tags_column: str = "tags") -> dict:
-        """Entity-level metrics on a CoNLL / JSONL file of tagged sentences."""
-        frame = load_tagged(path, tokens_column, tags_column)
-        features = self.task.encode(frame, self.tokenizer, self.max_length)
-        return self.task.metrics(self.task.run_model(self.model, self.tokenizer, features, self.batch_size))
-
-
-def predict_rows(model_dir: Path, texts: list[str]) -> list[dict]:
-    """`transferlab predict` on a token-classification model: each text with its entity spans."""
-    entities = EntityPredictor(model_dir).predict(texts)
-    return [{"text": text, "entities": found} for text, found in zip(texts, entities, strict=True)]
-
-
-def entity_line(row: dict) -> str:
-    """One printed prediction: the text, then `TYPE [start:end] 'text' score` per entity."""
-    found = "; ".join(f"{e['type']} [{e['start']}:{e['end']}] {e['text']!r} {e['score']:.2f}" for e in row["entities"])
-    return f"{row['text']}\t{found or '(no entities)'}"

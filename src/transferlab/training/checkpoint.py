@@ -1,4 +1,10 @@
-"""Atomic, resumable checkpoints: write into a temp directory, then rename; a pointer file names the latest."""
+"""Atomic, resumable checkpoints: write into a temp directory, then rename; a pointer file names the latest.
+
+A checkpoint holds the model's weights (safetensors), the trainer's state and history, the best weights so far,
+and — through accelerate's checkpointing — the optimizer and scheduler of the running phase and the random states of
+every process (Python, NumPy, torch CPU and CUDA), so a resumed run replays the same batches, dropout masks and
+updates as an uninterrupted one.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,8 @@ import shutil
 from pathlib import Path
 
 import torch
+from accelerate import Accelerator
+from accelerate.checkpointing import load_accelerator_state, save_accelerator_state
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from transferlab.errors import UserError
@@ -15,30 +23,36 @@ from transferlab.errors import UserError
 LATEST = "latest"
 
 
-def save_checkpoint(ckpt_root: Path, step: int, model: torch.nn.Module, optimizer, scheduler, state: dict,
-                    history: list[dict], best_state: dict[str, torch.Tensor] | None) -> Path:
-    """Write a complete checkpoint atomically and drop older ones (a kill leaves the previous intact)."""
-    ckpt_root.mkdir(parents=True, exist_ok=True)
+def save_checkpoint(accelerator: Accelerator, ckpt_root: Path, step: int, model: torch.nn.Module, optimizer,
+                    scheduler, state: dict, history: list[dict], best_state: dict[str, torch.Tensor] | None) -> Path:
+    """Write a complete checkpoint atomically and drop older ones; every process calls this (each saves its RNG)."""
     final = ckpt_root / f"step-{step:08d}"
     tmp = ckpt_root / f".tmp-{final.name}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_model(model, str(tmp / "model.safetensors"))
-    if best_state is not None:
-        save_file(best_state, str(tmp / "best.safetensors"))
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng": torch.get_rng_state()}, tmp / "optim.pt")
-    (tmp / "state.json").write_text(json.dumps(state))
-    (tmp / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
-    _fsync_dir(tmp)
-    shutil.rmtree(final, ignore_errors=True)
-    os.rename(tmp, final)
-    pointer_tmp = ckpt_root / f".{LATEST}.tmp"
-    pointer_tmp.write_text(final.name)
-    os.replace(pointer_tmp, ckpt_root / LATEST)
-    for old in ckpt_root.glob("step-*"):
-        if old != final:
-            shutil.rmtree(old, ignore_errors=True)
+    main = accelerator.is_main_process
+    if main:
+        ckpt_root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    accelerator.wait_for_everyone()
+    save_accelerator_state(str(tmp), [], [optimizer], [scheduler], [], accelerator.process_index, step)
+    if main:
+        save_model(model, str(tmp / "model.safetensors"))
+        if best_state is not None:
+            save_file(best_state, str(tmp / "best.safetensors"))
+        (tmp / "state.json").write_text(json.dumps(state))
+        (tmp / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
+    accelerator.wait_for_everyone()
+    if main:
+        _fsync_dir(tmp)
+        shutil.rmtree(final, ignore_errors=True)
+        os.rename(tmp, final)
+        pointer_tmp = ckpt_root / f".{LATEST}.tmp"
+        pointer_tmp.write_text(final.name)
+        os.replace(pointer_tmp, ckpt_root / LATEST)
+        for old in ckpt_root.glob("step-*"):
+            if old != final:
+                shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
     return final
 
 
@@ -58,11 +72,16 @@ def latest_checkpoint(ckpt_root: Path) -> Path:
     return ckpt_root / pointer.read_text().strip()
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module) -> tuple[dict, dict, list[dict], dict | None]:
-    """Restore model weights; return (trainer state, optimizer/scheduler/rng blob, history, best weights)."""
+def load_checkpoint(path: Path, model: torch.nn.Module) -> tuple[dict, list[dict], dict | None]:
+    """Restore model weights; return (trainer state, history, best weights)."""
     load_model(model, str(path / "model.safetensors"))
-    blob = torch.load(path / "optim.pt", weights_only=True)
     state = json.loads((path / "state.json").read_text())
     history = [json.loads(line) for line in (path / "history.jsonl").read_text().splitlines() if line]
     best = load_file(str(path / "best.safetensors")) if (path / "best.safetensors").is_file() else None
-    return state, blob, history, best
+    return state, history, best
+
+
+def restore_loop_state(accelerator: Accelerator, path: Path, optimizer=None, scheduler=None) -> None:
+    """Restore the random states of this process (and the phase's optimizer and scheduler when given), as saved."""
+    load_accelerator_state(str(path), [], [optimizer] if optimizer else [], [scheduler] if scheduler else [], [],
+                           accelerator.process_index)

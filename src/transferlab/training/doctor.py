@@ -14,9 +14,11 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from transferlab.backbones.groups import LayerGroups
 from transferlab.config import DoctorConfig, TrainingConfig
 from transferlab.evaluation.metrics import HIGHER_IS_BETTER, is_number
 from transferlab.strategies.plan import ResolvedPhase
+from transferlab.training.events import Callback
 
 log = logging.getLogger("transferlab")
 
@@ -33,21 +35,21 @@ class Finding:
         return asdict(self)
 
 
-def is_full_finetuning(lrs: dict[str, float], group_names: Sequence[str]) -> bool:
-    """A phase fine-tunes the whole model when the embeddings and every encoder (and decoder) layer learn."""
-    layers = [g for g in group_names if g.startswith(("layer.", "decoder."))]
-    return "embeddings" in lrs and bool(layers) and all(g in lrs for g in layers)
+def is_full_finetuning(lrs: dict[str, float], groups: LayerGroups) -> bool:
+    """A phase fine-tunes the whole model when the input level (embeddings) and every body level learn."""
+    body = [g.name for g in groups.body]
+    return bool(groups.inputs) and all(g in lrs for g in groups.inputs) and bool(body) and all(g in lrs for g in body)
 
 
-def _full_phases(phases: Sequence[ResolvedPhase], group_names: Sequence[str]) -> list[tuple[int, ResolvedPhase]]:
-    return [(i, p) for i, p in enumerate(phases) if is_full_finetuning(p.lrs, group_names)]
+def _full_phases(phases: Sequence[ResolvedPhase], groups: LayerGroups) -> list[tuple[int, ResolvedPhase]]:
+    return [(i, p) for i, p in enumerate(phases) if is_full_finetuning(p.lrs, groups)]
 
 
 # ---- static guards: the plan and the data size --------------------------------------------------------
-def check_full_lr(phases: Sequence[ResolvedPhase], group_names: Sequence[str], cfg: DoctorConfig) -> list[Finding]:
+def check_full_lr(phases: Sequence[ResolvedPhase], groups: LayerGroups, cfg: DoctorConfig) -> list[Finding]:
     """Full fine-tuning with a body lr above cfg.max_full_lr overwrites what pretraining learned."""
     found = []
-    for i, phase in _full_phases(phases, group_names):
+    for i, phase in _full_phases(phases, groups):
         lr = max(v for g, v in phase.lrs.items() if g != "head")
         if lr > cfg.max_full_lr:
             found.append(Finding(
@@ -60,10 +62,10 @@ def check_full_lr(phases: Sequence[ResolvedPhase], group_names: Sequence[str], c
     return found
 
 
-def check_small_data(phases: Sequence[ResolvedPhase], group_names: Sequence[str], n_train: int,
+def check_small_data(phases: Sequence[ResolvedPhase], groups: LayerGroups, n_train: int,
                      cfg: DoctorConfig) -> list[Finding]:
     """Full fine-tuning on very few examples memorises them instead of adapting."""
-    full = _full_phases(phases, group_names)
+    full = _full_phases(phases, groups)
     if not full or n_train >= cfg.small_data:
         return []
     params = full[0][1].trainable_params
@@ -160,14 +162,17 @@ def check_gap(train_metrics: dict, eval_metrics: dict, metric: str, cfg: DoctorC
         "dropout, add data or augmentation, or stop earlier (--patience 2).")]
 
 
-class Doctor:
+class Doctor(Callback):
     """Runs the guards: static ones when built, trend ones on each history record (as a trainer callback,
     logging each new finding at once), all of them again on the final history in `finish`."""
 
-    def __init__(self, cfg: DoctorConfig, phases: Sequence[ResolvedPhase], group_names: Sequence[str],
+    order = 40
+    main_process_only = True
+
+    def __init__(self, cfg: DoctorConfig, phases: Sequence[ResolvedPhase], groups: LayerGroups,
                  n_train: int, training: TrainingConfig):
         self.cfg = cfg
-        self.static = [*check_full_lr(phases, group_names, cfg), *check_small_data(phases, group_names, n_train, cfg),
+        self.static = [*check_full_lr(phases, groups, cfg), *check_small_data(phases, groups, n_train, cfg),
                        *check_short_training(n_train, training, phases, cfg)] if cfg.enabled else []
         self._logged: set[str] = set()
         self._announce(self.static)
@@ -178,8 +183,8 @@ class Doctor:
                 self._logged.add(f.code)
                 log.warning("doctor [%s] %s Fix: %s", f.code, f.message, f.fix)
 
-    def __call__(self, record: dict, trainer) -> None:
-        """Trainer callback: check the trends the new record may reveal."""
+    def on_record(self, trainer, record: dict) -> None:
+        """Check the trends the new record may reveal."""
         if not self.cfg.enabled:
             return
         guard = {"train": check_train_loss, "eval": check_overfitting}.get(record.get("kind"))

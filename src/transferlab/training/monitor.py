@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 import torch
 
-from transferlab.models.groups import LayerGroups
+from transferlab.backbones.groups import LayerGroups
 
 
 class WeightChange:
@@ -15,8 +15,9 @@ class WeightChange:
 
     def __init__(self, groups: LayerGroups, training: Iterable[str]):
         self.groups = groups
-        self.start = {g: [p.detach().to("cpu", torch.float32, copy=True) for _, p in groups.groups[g]]
-                      for g in groups.names if g in set(training)}
+        training = set(training)
+        self.start = {g.name: [p.detach().to("cpu", torch.float32, copy=True) for _, p in g.params]
+                      for g in groups if g.name in training}
 
     @torch.no_grad()
     def measure(self) -> dict[str, float]:
@@ -27,7 +28,7 @@ class WeightChange:
             if start is None:
                 change[group] = 0.0
                 continue
-            params = [p for _, p in self.groups.groups[group]]
+            params = [p for _, p in self.groups[group].params]
             diff = torch.stack([torch.linalg.vector_norm(p.detach().float().cpu() - w0)
                                 for p, w0 in zip(params, start, strict=True)])
             norm = torch.stack([torch.linalg.vector_norm(w0) for w0 in start])
