@@ -62,7 +62,7 @@ def test_metrics_count_requests_codes_batches_and_latency(model):
 
     assert grew("transferlab_requests_total", endpoint="/predict", code="200") == 5
     assert grew("transferlab_requests_total", endpoint="/predict", code="422") == 1
-    assert grew("transferlab_texts_total") == 5
+    assert grew("transferlab_inputs_total") == 5
     assert grew("transferlab_request_duration_seconds_count", endpoint="/predict") == 6
     assert grew("transferlab_request_duration_seconds_bucket", endpoint="/predict", le="+Inf") == 6
     assert grew("transferlab_batch_size_sum") == 5

@@ -49,7 +49,8 @@ def server(tiny_run):
     port = free_port()
     env = {**os.environ, "TRANSFERLAB_TOKEN": TOKEN}
     proc = subprocess.Popen([sys.executable, "-m", "transferlab.cli", "serve", str(tiny_run), "--port", str(port),
-                             "--workers", "1", "--max-wait-ms", "200", "--precision", "fp32"],
+                             "--workers", "1", "--max-wait-ms", "200", "--precision", "fp32",
+                             "--timeout-s", "300"],  # a replaced worker loads the model before it answers
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:

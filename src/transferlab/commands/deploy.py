@@ -186,11 +186,13 @@ def serve(
                     max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue, timeout_s=timeout_s)
     with console.status(f"loading the model in {workers or 'this'} process{'es' if workers > 1 else ''}"):
         runner = WorkerPool(spec, workers) if workers else InProcessRunner(ServedModel(spec))
-    meta = runner.info.metadata
-    console.print(f"serving {meta['model_dir']} ({meta['backend']}, {workers} worker process"
-                  f"{'es' if workers != 1 else ''}{', token required' if token else ''}) "
-                  f"on http://{host}:{port} - docs at /docs")
-    run_server(runner, host, port, limits, token)
+    try:
+        console.print(f"serving {model} ({runner.info.metadata['backend']}, {workers} worker process"
+                      f"{'es' if workers != 1 else ''}{', token required' if token else ''}) "
+                      f"on http://{host}:{port} - docs at /docs")
+        run_server(runner, host, port, limits, token)
+    finally:  # the workers ignore SIGTERM (see workers.py): they stop when their pipe closes
+        runner.close()
 
 
 def register(app: typer.Typer) -> None:

@@ -169,7 +169,7 @@ class MicroBatcher:
     def _record(self, rows: int, seconds: float) -> None:
         self.batches += 1
         self.rows_done += rows
-        self.metrics.texts.inc(rows)
+        self.metrics.inputs.inc(rows)
         self.metrics.batch_size.observe(rows)
         self.metrics.batch_duration.observe(seconds)
         per_row = seconds / rows

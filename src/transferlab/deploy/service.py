@@ -6,8 +6,8 @@ worker processes (see workers.py); a request not answered within the timeout get
 (SIGINT/SIGTERM) stops accepting, lets uvicorn finish the requests in flight, then drains the queue.
 """
 
-from __future__ import annotations
-
+# no `from __future__ import annotations`: /predict's body type is made per model at run time, and FastAPI
+# reads the endpoint's annotations as objects
 import asyncio
 import hmac
 import sys
@@ -19,16 +19,15 @@ from typing import Annotated
 from fastapi import Depends, FastAPI, HTTPException, Response
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 import transferlab
 from transferlab.deploy.batching import MicroBatcher, QueueFull, ShuttingDown
-from transferlab.deploy.served_model import ModelInfo
 from transferlab.deploy.service_metrics import MetricsMiddleware, ServiceMetrics
 from transferlab.deploy.workers import ModelRunner
 
-# a module-level name: FastAPI resolves the dependency's (string) annotation in this module's globals
 BEARER = HTTPBearer(auto_error=False)
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -39,37 +38,20 @@ class Limits:
     max_body_bytes: int = 1_000_000
     max_batch: int = 64
     max_wait_ms: float = 5.0
-    max_queue: int = 1024  # texts waiting for a forward pass; more: 503
+    max_queue: int = 1024  # inputs waiting for a forward pass; more: 503
     timeout_s: float = 10.0  # a request not answered by then: 504
 
 
-class PredictRequest(BaseModel):
-    """One text or a list of texts (and, for sentence-pair models, the matching second texts)."""
-
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        {"text": "A wonderful, moving film."}, {"text": ["Loved it.", "Two hours I will never get back."]}]})
-
-    text: str | list[str] = Field(description="a text, or a list of texts")
-    text_pair: str | list[str] | None = Field(None, description="second text(s), for sentence-pair models only")
-
-    def texts(self) -> list[str]:
-        return [self.text] if isinstance(self.text, str) else self.text
-
-    def pairs(self) -> list[str] | None:
-        if self.text_pair is None:
-            return None
-        return [self.text_pair] if isinstance(self.text_pair, str) else self.text_pair
-
-    def rows(self) -> list[dict]:
-        """One input row per text: {"text": ...}, plus "text_pair" when pairs were sent."""
-        pairs = self.pairs()
-        if pairs is None:
-            return [{"text": text} for text in self.texts()]
-        return [{"text": text, "text_pair": pair} for text, pair in zip(self.texts(), pairs, strict=True)]
+def request_model(inputs: list[str]) -> type[BaseModel]:
+    """The /predict body of a model whose input rows have the fields `inputs`: each field one value, or a list
+    of values (one per input); a field the model does not read is refused."""
+    fields = {name: (str | list[str], Field(description=f"the {name} of one input, or a list of them"))
+              for name in inputs}
+    return create_model("PredictRequest", __config__=ConfigDict(extra="forbid"), **fields)
 
 
-def check_text(name: str, value: str, limits: Limits) -> None:
-    """Refuse an empty, too long or non-Unicode text (a lone surrogate cannot be tokenized)."""
+def check_value(name: str, value: str, limits: Limits) -> None:
+    """Refuse an empty, too long or non-Unicode value (a lone surrogate cannot be tokenized)."""
     if not value.strip():
         raise ValueError(f"{name} is empty")
     if len(value) > limits.max_chars:
@@ -81,23 +63,28 @@ def check_text(name: str, value: str, limits: Limits) -> None:
                          "send UTF-8 text") from None
 
 
-def validate_request(request: PredictRequest, limits: Limits, model: ModelInfo) -> None:
-    """Refuse what the model cannot take, with a message naming the item (sent as 422)."""
-    texts, pairs = request.texts(), request.pairs()
-    if not texts:
-        raise ValueError("'text' is an empty list: send at least one text")
-    if len(texts) > limits.max_items:
-        raise ValueError(f"{len(texts)} texts in one request; the limit is {limits.max_items}: split the request")
-    if pairs is not None and not model.text_pairs:
-        raise ValueError("this model reads one text per prediction (it was not trained on text pairs): "
-                         "drop 'text_pair'")
-    if pairs is None and model.text_pairs:
-        raise ValueError("this model compares two texts: send 'text_pair' with one second text per text")
-    if pairs is not None and len(pairs) != len(texts):
-        raise ValueError(f"{len(texts)} texts but {len(pairs)} text pairs: send one pair per text")
-    for name, values in (("text", texts), ("text_pair", pairs or [])):
-        for i, value in enumerate(values):
-            check_text(f"{name}[{i}]", value, limits)
+def request_rows(request: BaseModel, inputs: list[str], limits: Limits) -> list[dict]:
+    """The input rows of a request; ValueError (sent as 422, naming the item) for what the model cannot take."""
+    values = {name: getattr(request, name) for name in inputs}
+    if all(isinstance(v, str) for v in values.values()):
+        columns = {name: [value] for name, value in values.items()}
+    elif any(isinstance(v, str) for v in values.values()):
+        raise ValueError(f"send every field ({', '.join(inputs)}) as one value, or every field as a list")
+    else:
+        columns = values
+    lengths = {name: len(column) for name, column in columns.items()}
+    if len(set(lengths.values())) > 1:
+        counts = " but ".join(f"{n} '{name}' values" for name, n in lengths.items())
+        raise ValueError(f"{counts}: send one of each per input")
+    count = lengths[inputs[0]]
+    if count == 0:
+        raise ValueError(f"'{inputs[0]}' is an empty list: send at least one input")
+    if count > limits.max_items:
+        raise ValueError(f"{count} inputs in one request; the limit is {limits.max_items}: split the request")
+    for name, column in columns.items():
+        for i, value in enumerate(column):
+            check_value(f"{name}[{i}]", value, limits)
+    return [dict(zip(inputs, row, strict=True)) for row in zip(*columns.values(), strict=True)]
 
 
 def token_guard(token: str):
@@ -135,24 +122,25 @@ def create_app(runner: ModelRunner, limits: Limits = Limits(), token: str | None
     # max_body_size: 413 by Content-Length, or while a body without one streams in
     app = FastAPI(title="transferlab model service", version=transferlab.__version__, lifespan=lifespan,
                   max_body_size=limits.max_body_bytes,
-                  description=f"{info.task} model, {'text pairs' if info.text_pairs else 'one text'} per "
-                              "prediction: labels and backbone at /metadata.")
+                  description=f"A {info.task} model; each input has the fields {', '.join(info.inputs)}. "
+                              "Labels, backbone and limits at /metadata.")
     guarded = [Depends(token_guard(token))] if token else []
+    request_body = request_model(info.inputs)
 
-    @app.post("/predict", summary="Predict labels for one text or a list of texts", dependencies=guarded,
+    @app.post("/predict", summary="Predictions for one input or a list of inputs", dependencies=guarded,
               responses={401: {"description": "missing or wrong bearer token"},
                          422: {"description": "invalid request (the message names the item)"},
                          500: {"description": "the model failed on this request"},
                          503: {"description": "queue full or shutting down: retry after Retry-After seconds"},
                          504: {"description": "not answered within the timeout"}})
-    async def predict(request: PredictRequest) -> Response:
+    async def predict(request: request_body) -> Response:
         try:
-            validate_request(request, limits, info)
+            rows = request_rows(request, info.inputs, limits)
         except ValueError as err:
             raise HTTPException(422, str(err)) from err
         batcher: MicroBatcher = state["batcher"]
         try:
-            future = batcher.submit(request.rows())
+            future = batcher.submit(rows)
         except QueueFull as err:
             raise HTTPException(503, str(err), headers={"Retry-After": str(err.retry_after_s)}) from err
         except ShuttingDown as err:
@@ -171,7 +159,7 @@ def create_app(runner: ModelRunner, limits: Limits = Limits(), token: str | None
     async def health() -> dict:
         batcher: MicroBatcher = state["batcher"]
         return {"status": "ok", "uptime_s": round(time.time() - state["started"], 1),
-                "queued": batcher.queued, "batches": batcher.batches, "texts": batcher.rows_done}
+                "queued": batcher.queued, "batches": batcher.batches, "inputs": batcher.rows_done}
 
     @app.get("/metadata", summary="The model: task, labels, backbone, backend, limits, version",
              dependencies=guarded)

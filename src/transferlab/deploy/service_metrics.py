@@ -26,15 +26,16 @@ class ServiceMetrics:
                                 ["endpoint", "code"], registry=registry)
         self.latency = Histogram("transferlab_request_duration_seconds", "Time to answer a request, by endpoint",
                                  ["endpoint"], buckets=LATENCY_BUCKETS, registry=registry)
-        self.texts = Counter("transferlab_texts", "Texts predicted", registry=registry)
-        self.batch_size = Histogram("transferlab_batch_size", "Texts per micro-batch sent to the model",
+        self.inputs = Counter("transferlab_inputs", "Inputs predicted (a text, a text pair, a question...)",
+                              registry=registry)
+        self.batch_size = Histogram("transferlab_batch_size", "Inputs per micro-batch sent to the model",
                                     buckets=BATCH_BUCKETS, registry=registry)
         self.batch_duration = Histogram("transferlab_batch_duration_seconds", "Time the model took per micro-batch",
                                         buckets=LATENCY_BUCKETS, registry=registry)
         self.batch_failures = Counter("transferlab_batch_failures",
                                       "Micro-batches whose forward pass raised (their requests are retried apart)",
                                       registry=registry)
-        self.queue_depth = Gauge("transferlab_queue_depth", "Texts waiting for a forward pass", registry=registry)
+        self.queue_depth = Gauge("transferlab_queue_depth", "Inputs waiting for a forward pass", registry=registry)
 
     def watch_queue(self, depth: Callable[[], float]) -> None:
         """Read the queue depth from `depth` at every scrape."""
