@@ -247,7 +247,7 @@ def main() -> None:
     from transferlab.deploy.evalset import load_eval_set
 
     run = Path(args.run)
-    texts = load_eval_set(run).texts
+    texts = load_eval_set(run).frame["text"].astype(str).tolist()
     configs = args.serve.split(",")
     print(f"{args.requests} requests, {args.concurrency} in flight, one review per request, {os.cpu_count()} cores, "
           f"{args.client} load generator, {args.rounds} round(s)\n", flush=True)

@@ -4,15 +4,19 @@ edge, micro-batching, public metadata, graceful shutdown."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
+import typer
 import yaml
 from deploy_helpers import copy_run
 from serve_helpers import JSON, ServerThread, json_body, post_concurrently
 
+from transferlab.commands import deploy
 from transferlab.deploy.served_model import ModelSpec, ServedModel
 from transferlab.deploy.service import Limits, create_app
 from transferlab.deploy.workers import InProcessRunner
@@ -172,3 +176,13 @@ def test_shutdown_finishes_requests_in_flight(model):
     assert result["response"].json()["predictions"][0]["label"] in model.predictor.labels
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{running.url}/health", timeout=5)
+
+
+def test_every_serve_flag_is_documented():
+    app = typer.Typer()
+    deploy.register(app)
+    serve = typer.main.get_command(app).commands["serve"]
+    flags = {opt for param in serve.params for opt in param.opts if opt.startswith("--")}
+    text = (Path(__file__).resolve().parents[1] / "docs" / "service.md").read_text(encoding="utf-8")
+    assert len(flags) > 15
+    assert not sorted(f for f in flags if not re.search(re.escape(f) + r"(?![\w-])", text))

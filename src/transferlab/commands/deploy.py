@@ -153,19 +153,19 @@ def serve(
     int8: Opt[bool, typer.Option("--int8", help="serve the int8 model of the backend")] = False,
     workers: Opt[int, typer.Option(help="inference worker processes, each with its own copy of the model "
                                         "(0: inference in a thread of the HTTP process)", min=0)] = 1,
-    threads: Opt[int | None, typer.Option(help="CPU threads per worker (default: cores / workers)")] = None,
+    threads: Opt[int | None, typer.Option(help="CPU threads per worker (default: (cores - 1) / workers)")] = None,
     precision: Opt[str, typer.Option(help="torch fp32 backend: auto (bf16 autocast where the CPU runs it "
                                           "natively) | bf16 | fp32")] = "auto",
-    max_batch: Opt[int, typer.Option(help="most texts in one micro-batch", min=1)] = 64,
-    forward_batch: Opt[int | None, typer.Option(help="texts per forward pass inside a micro-batch, grouped by "
+    max_batch: Opt[int, typer.Option(help="most inputs in one micro-batch", min=1)] = 64,
+    forward_batch: Opt[int | None, typer.Option(help="inputs per forward pass inside a micro-batch, grouped by "
                                                      "length (default: 8 for onnx / torchscript, 32 for torch)",
                                                 min=1)] = None,
     max_wait_ms: Opt[float, typer.Option(help="how long a request waits for others to batch with")] = 5.0,
-    max_queue: Opt[int, typer.Option(help="most texts waiting for the model; more get 503 + Retry-After",
+    max_queue: Opt[int, typer.Option(help="most inputs waiting for the model; more get 503 + Retry-After",
                                      min=1)] = 1024,
     timeout_s: Opt[float, typer.Option(help="a request not answered in this many seconds gets 504")] = 10.0,
-    max_items: Opt[int, typer.Option(help="most texts in one request", min=1)] = 64,
-    max_chars: Opt[int, typer.Option(help="longest text accepted, in characters")] = 10_000,
+    max_items: Opt[int, typer.Option(help="most inputs in one request", min=1)] = 64,
+    max_chars: Opt[int, typer.Option(help="longest value of any input field, in characters")] = 10_000,
     max_body_kb: Opt[int, typer.Option(help="largest request body, in KiB")] = 1024,
     token: Opt[str | None, typer.Option(envvar="TRANSFERLAB_TOKEN", show_default=False,
                                         help="require 'Authorization: Bearer TOKEN' on every endpoint but "
@@ -179,8 +179,8 @@ def serve(
     from transferlab.deploy.service import serve as run_server
     from transferlab.deploy.workers import InProcessRunner, WorkerPool
 
-    if threads is None and workers:
-        threads = max(1, (os.cpu_count() or 1) // workers)
+    if threads is None and workers:  # one core stays with the HTTP process
+        threads = max(1, ((os.cpu_count() or 1) - 1) // workers)
     spec = ModelSpec(str(model), backend, int8, threads, precision, forward_batch)
     limits = Limits(max_items=max_items, max_chars=max_chars, max_body_bytes=max_body_kb * 1024,
                     max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue, timeout_s=timeout_s)

@@ -38,7 +38,8 @@ class ServedModel:
     """The one adapter between the service and the Predictor: input rows in, one prediction dict per row out."""
 
     def __init__(self, spec: ModelSpec):
-        # imported here so that a server whose inference runs in worker processes never loads torch itself
+        # imported where a model is loaded: an HTTP process whose inference runs in workers needs neither
+        # transformers nor ONNX Runtime
         from transferlab.deploy.predictor import Predictor
 
         forward_batch = spec.forward_batch or FORWARD_BATCH[spec.backend]
