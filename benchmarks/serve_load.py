@@ -211,7 +211,7 @@ def serve_command(run: Path, config: str, port: int, threads: int | None) -> lis
             *(["--workers", workers] if workers else []), *(["--threads", str(threads)] if threads else [])]
 
 
-def int8_batch1_p50_ms(model_dir: Path, texts: list[str]) -> float | None:
+def int8_batch1_p50_ms(model_dir: Path, frame) -> float | None:
     """In-process batch-1 p50 latency of the ONNX int8 model, measured as `transferlab benchmark` does."""
     import torch
 
@@ -221,7 +221,7 @@ def int8_batch1_p50_ms(model_dir: Path, texts: list[str]) -> float | None:
     if not (model_dir / "model.int8.onnx").is_file():
         return None
     predictor = Predictor(model_dir, "onnx", True, threads=torch.get_num_threads())
-    return float(np.percentile(latencies(predictor, texts, repeats=200, warmup=20), 50) * 1000)
+    return float(np.percentile(latencies(predictor, frame, repeats=200, warmup=20), 50) * 1000)
 
 
 def main() -> None:
@@ -247,7 +247,8 @@ def main() -> None:
     from transferlab.deploy.evalset import load_eval_set
 
     run = Path(args.run)
-    texts = load_eval_set(run).frame["text"].astype(str).tolist()
+    frame = load_eval_set(run).frame
+    texts = frame["text"].astype(str).tolist()
     configs = args.serve.split(",")
     print(f"{args.requests} requests, {args.concurrency} in flight, one review per request, {os.cpu_count()} cores, "
           f"{args.client} load generator, {args.rounds} round(s)\n", flush=True)
@@ -268,7 +269,7 @@ def main() -> None:
         errors = sum(r["errors"] for r in results[config])
         print(f"throughput ratio, {config}: {np.median(ratios):.1f}x (rounds: {min(ratios):.1f}-{max(ratios):.1f}x), "
               f"{errors} errors (target >= 5x with zero errors)")
-    p50 = int8_batch1_p50_ms(model_dir_of(run), texts)
+    p50 = int8_batch1_p50_ms(model_dir_of(run), frame)
     if p50 is not None:
         print(f"ONNX int8 in-process batch-1 p50: {p50:.2f} ms (target <= 2.7 ms on a quiet machine)")
 
