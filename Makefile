@@ -17,6 +17,12 @@ $(STAMP): pyproject.toml
 	@if [ ! -f /usr/share/wordnet/index.noun ] && command -v apt-get >/dev/null; then \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wordnet-base) \
 		|| echo "warning: could not install wordnet-base (synonym augmentation unavailable)"; fi
+	@# A PostgreSQL server (Debian's postgresql) for the test of workers sharing a search study; skipped where apt is
+	@# unavailable (that test is then skipped)
+	@if ! command -v initdb >/dev/null && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+		&& command -v apt-get >/dev/null; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+		postgresql >/dev/null) || echo "warning: could not install postgresql (the shared-study test will be skipped)"; fi
 	touch $(STAMP)
 
 demo: setup

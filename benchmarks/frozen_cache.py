@@ -27,6 +27,7 @@ from transformers import Trainer as HFTrainer
 from transferlab.cli import quiet_libraries
 from transferlab.config import RunConfig, build_config
 from transferlab.pipeline import PreparedRun, prepare_run
+from transferlab.tasks.base import Encoded
 from transferlab.training.trainer import Trainer
 
 
@@ -56,19 +57,17 @@ def run_config(args: argparse.Namespace, root: Path, cache: bool) -> RunConfig:
                      "log_every": 50}})
 
 
-def prepared(cfg: RunConfig) -> tuple[PreparedRun, list[dict], list[dict]]:
-    """A fresh model (same seed, so the same head init) and the tokenized train / eval examples."""
+def prepared(cfg: RunConfig) -> tuple[PreparedRun, Encoded, Encoded]:
+    """A fresh model (same seed, so the same head init) and the encoded train / eval examples."""
     set_seed(cfg.seed)
     prep = prepare_run(cfg)
-    encode = prep.task.encode
-    return prep, encode(prep.data.train, prep.tokenizer, cfg.model.max_length), \
-        encode(prep.data.eval, prep.tokenizer, cfg.model.max_length)
+    return prep, prep.task.encoded(prep.data.train), prep.task.encoded(prep.data.eval)
 
 
 def run_transferlab(args: argparse.Namespace, root: Path, cache: bool) -> dict:
     cfg = run_config(args, root / f"transferlab-{cache}", cache)
     prep, train, evaluation = prepared(cfg)
-    trainer = Trainer(prep.model, prep.task, prep.tokenizer, prep.groups, prep.phases, train, evaluation,
+    trainer = Trainer(prep.model, prep.task, prep.groups, prep.phases, train, evaluation,
                       cfg.training, cfg.seed, cfg.run_dir, Accelerator(), show_progress=False)
     with Clock() as clock:
         trainer.train()
@@ -92,8 +91,9 @@ def run_hf(args: argparse.Namespace, root: Path) -> dict:
     def accuracy(prediction) -> dict:
         return {"accuracy": float((np.argmax(prediction.predictions, -1) == prediction.label_ids).mean())}
 
-    trainer = HFTrainer(model=prep.model, args=hf_args, train_dataset=train, eval_dataset=evaluation,
-                        data_collator=DataCollatorWithPadding(prep.tokenizer), compute_metrics=accuracy)
+    trainer = HFTrainer(model=prep.model, args=hf_args, train_dataset=train.features,
+                        eval_dataset=evaluation.features, compute_metrics=accuracy,
+                        data_collator=DataCollatorWithPadding(prep.task.processor.tokenizer))
     trainer.remove_callback(PrinterCallback)
     with Clock() as clock:
         trainer.train()

@@ -79,11 +79,11 @@ def run_hf(cfg: RunConfig, args: argparse.Namespace, output: Path) -> dict:
     for p in prep.model.parameters():
         p.requires_grad_(False)
     for group in phase.lrs:
-        for _, p in prep.groups.groups[group]:
+        for _, p in prep.groups[group].params:
             p.requires_grad_(True)
     t = cfg.training
-    train = prep.task.encode(prep.data.train, prep.tokenizer, cfg.model.max_length)
-    evaluation = prep.task.encode(prep.data.eval, prep.tokenizer, cfg.model.max_length)
+    train = prep.task.encode(prep.data.train)
+    evaluation = prep.task.encode(prep.data.eval)
     training_args = TrainingArguments(
         output_dir=str(output / "hf"), per_device_train_batch_size=t.batch_size,
         per_device_eval_batch_size=t.eval_batch_size, num_train_epochs=t.epochs, learning_rate=lrs.pop(),
@@ -93,7 +93,7 @@ def run_hf(cfg: RunConfig, args: argparse.Namespace, output: Path) -> dict:
         bf16=args.hf_tuned, train_sampling_strategy="group_by_length" if args.hf_tuned else "random",
     )
     trainer = Trainer(model=prep.model, args=training_args, train_dataset=train, eval_dataset=evaluation,
-                      data_collator=DataCollatorWithPadding(prep.tokenizer))
+                      data_collator=DataCollatorWithPadding(prep.task.processor.tokenizer))
     trainer.remove_callback(PrinterCallback)  # its per-epoch log lines would interleave with the table
     result = trainer.train()
     logits = trainer.predict(evaluation).predictions

@@ -9,6 +9,7 @@ from conftest import tiny_config
 from transferlab.config import build_config
 from transferlab.errors import UserError
 from transferlab.pipeline import augment_train, train_run
+from transferlab.tasks import task_class
 
 FRAME = pd.DataFrame({"text": ["A fine, moving film about two brothers.", "Dull and far too long for its story."],
                       "text_pair": ["first", "second"], "label": ["positive", "negative"]})
@@ -17,24 +18,24 @@ FRAME = pd.DataFrame({"text": ["A fine, moving film about two brothers.", "Dull 
 def test_off_by_default_returns_the_training_frame_unchanged(tmp_path):
     cfg = build_config(tiny_config(tmp_path))
     assert not cfg.augment.enabled
-    assert augment_train(cfg, FRAME) is FRAME
+    assert augment_train(cfg, task_class(cfg.task), FRAME) is FRAME
 
 
 def test_variants_follow_the_originals_and_keep_every_column_of_their_row(tmp_path):
     cfg = build_config(tiny_config(tmp_path, augment={"swap": 0.5, "dropout": 0.2, "copies": 2}))
-    out = augment_train(cfg, FRAME)
+    out = augment_train(cfg, task_class(cfg.task), FRAME)
     assert len(out) == 3 * len(FRAME)
     pd.testing.assert_frame_equal(out.iloc[:2], FRAME)
     assert out["label"].tolist()[2:] == ["positive", "positive", "negative", "negative"]
     assert out["text_pair"].tolist()[2:] == ["first", "first", "second", "second"]
     assert (out["text"].iloc[2:].to_numpy() != FRAME["text"].repeat(2).to_numpy()).any()
-    pd.testing.assert_frame_equal(augment_train(cfg, FRAME), out)  # seeded
+    pd.testing.assert_frame_equal(augment_train(cfg, task_class(cfg.task), FRAME), out)  # seeded
 
 
 def test_tasks_that_label_parts_of_a_text_refuse_augmentation(tmp_path):
     cfg = build_config(tiny_config(tmp_path, task="tokens", augment={"swap": 0.1}))
     with pytest.raises(UserError, match="augment"):
-        augment_train(cfg, FRAME)
+        augment_train(cfg, task_class(cfg.task), FRAME)
 
 
 class _Seen(Exception):

@@ -141,7 +141,7 @@ def test_benchmark_measures_every_variant(deploy_run, monkeypatch, capsys):
     assert names[0] == "torch fp32" and {"onnx fp32", "onnx int8"} <= set(names)
     for row in doc["variants"]:
         assert row["size_mb"] > 0 and 0 < row["latency_p50_ms"] <= row["latency_p95_ms"]
-        assert row["throughput_per_s"] > 0 and 0 <= row["accuracy"] <= 1
+        assert row["throughput_per_s"] > 0 and 0 <= row["score"] <= 1 and row["metric"] == "accuracy"
     assert "benchmark of" in out and "Δ points" in out
     sizes = {v["variant"]: v["size_mb"] for v in doc["variants"]}
     assert sizes["onnx int8"] < sizes["onnx fp32"]

@@ -107,7 +107,7 @@ def test_distillation_loss_mixes_soft_and_hard_targets(teacher, deploy_run):
     expected = torch.nn.functional.kl_div(torch.log_softmax(s / 2, -1), torch.softmax(t / 2, -1),
                                           reduction="batchmean") * 4
     assert soft.item() == pytest.approx(expected.item(), rel=1e-5)
-    wrapper = DistillationModel(student, teacher).train()
+    wrapper = DistillationModel(student, teacher, ("logits",)).train()
     assert wrapper.student.training and not wrapper.teacher.training
 
 

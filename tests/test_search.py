@@ -89,6 +89,8 @@ def test_real_search_writes_trials_and_a_rerunnable_best_config(tmp_path):
     assert len(trials) == 2 and set(trials["state"]) == {"complete"}
     doc = json.loads((out / "search.json").read_text())
     assert doc["metric"] == "accuracy" and doc["direction"] == "maximize"
+    assert doc["storage"] == str(out / "study.db")  # stored as it goes: a killed search can resume
+    assert len(optuna.load_study(study_name="search", storage=f"sqlite:///{out / 'study.db'}").trials) == 2
     assert doc["best"]["value"] == trials["value"].max()
     best = build_config(load_yaml(out / "best.yaml"))
     assert best.strategy.lr == pytest.approx(doc["best"]["params"]["lr"])

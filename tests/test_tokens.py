@@ -207,4 +207,4 @@ def test_user_errors_exit_2(ner_run, transferlab_cli, capsys, tmp_path):
     assert "bad.jsonl, record 1: 2 tokens but 1 tags" in capsys.readouterr().err
     assert transferlab_cli("predict", ner_run, "--question", "Who?", "--context", "Tom.") == 2
     err = capsys.readouterr().err
-    assert "needs a 'qa' model" in err and "'tokens' model" in err
+    assert "needs a QA model" in err and "'tokens' model" in err

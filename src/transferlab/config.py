@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -191,10 +192,11 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"Config file '{path}' does not exist.", "Pass the path of a YAML run config.")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise UserError(f"Config file '{path}' is not valid UTF-8 YAML: {err}.",
-                        "Fix the syntax (a YAML mapping of sections).") from err
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(f"Config file '{path}' is not UTF-8 text (byte offset {err.start}: {err.reason}).",
+                        "Save it as UTF-8.") from err
+    data = _parse_yaml(text, f"Config file '{path}'", "Fix the syntax (a YAML mapping of sections).") or {}
     if not isinstance(data, dict):
         raise UserError(f"Config file '{path}' must hold a YAML mapping, not {type(data).__name__}.",
                         "Start from examples/sentiment.yaml.")
@@ -213,7 +215,31 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise UserError(f"Override '{assignment}': '{part}' is not a section.", "Check the field path.")
-    node[leaf] = yaml.safe_load(raw)
+    node[leaf] = _parse_yaml(raw, f"Override '{assignment}': the value {raw!r}",
+                             "Write the value as YAML: a number (3), a word (cosine), a list ([1, 2]), or a "
+                             "string in quotes (--set 'data.train=\"[1\"').")
+
+
+_YAML_TAG = re.compile(r"for the tag '([^']+)'")  # in PyYAML's ConstructorError for a tag safe_load refuses
+
+
+def _parse_yaml(text: str, what: str, fix: str) -> Any:
+    """safe_load `text`; a syntax error or a tag is a one-line UserError saying where (`what` names the text)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        tag = _YAML_TAG.search(err.problem or "")
+        if isinstance(err, yaml.constructor.ConstructorError) and tag:
+            # safe_load builds no Python objects; say so instead of blaming the syntax
+            name = tag[1].replace("tag:yaml.org,2002:", "!!")
+            raise UserError(f"{what} uses the YAML tag {name} ({where.rstrip(': ')}); tags are not allowed.",
+                            "Write plain YAML only: mappings, lists, strings, numbers and true/false.") from err
+        problem = "; ".join(part for part in (err.context, err.problem) if part)
+        raise UserError(f"{what} is not valid YAML ({where}{problem}).", fix) from err
+    except yaml.YAMLError as err:
+        raise UserError(f"{what} is not valid YAML ({' '.join(str(err).split())}).", fix) from err
 
 
 def save_yaml(config: RunConfig, path: Path) -> None:

@@ -22,6 +22,7 @@ from transferlab.backbones.base import Backbone
 from transferlab.backbones.groups import LayerGroups
 from transferlab.config import RunConfig, save_yaml
 from transferlab.data.augment import augment_texts
+from transferlab.data.hf_datasets import default_splits
 from transferlab.errors import UserError
 from transferlab.evaluation.plots import plot_all
 from transferlab.evaluation.report import write_report
@@ -36,9 +37,12 @@ from transferlab.training.trainer import Trainer
 
 log = logging.getLogger("transferlab")
 
+
 def load_run_data(cfg: RunConfig) -> RunData:
-    """Load, validate and split the data a config names, as its task reads it."""
-    return task_class(cfg.task).load_data(cfg)
+    """Load, validate and split the data a config names, as its task reads it (a DatasetDict's own splits first)."""
+    train, evaluation = default_splits(cfg.data.train, cfg.data.eval)
+    data = cfg.data.model_copy(update={"train": train, "eval": evaluation})
+    return task_class(cfg.task).load_data(cfg.model_copy(update={"data": data}))
 
 
 @dataclass
@@ -66,7 +70,7 @@ def prepare_run(cfg: RunConfig, data: RunData | None = None) -> PreparedRun:
     return PreparedRun(model, backbone, task, groups, phases, data)
 
 
-def augment_train(cfg: RunConfig, task: Task, frame: pd.DataFrame) -> pd.DataFrame:
+def augment_train(cfg: RunConfig, task: Task | type[Task], frame: pd.DataFrame) -> pd.DataFrame:
     """The training examples followed by the augmented variants of their text (training split only)."""
     if not cfg.augment.enabled:
         return frame

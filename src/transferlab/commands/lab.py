@@ -174,9 +174,10 @@ def trials_table(rows: list[dict], metric: str, best: int) -> Table:
 
 
 def search(
-    trials: Opt[int, typer.Option(help="number of trials")] = 20,
+    trials: Opt[int, typer.Option(help="trials this process runs (per worker with --storage; with --resume the "
+                                       "trials the study already finished count)")] = 20,
     timeout: Opt[float | None, typer.Option(help="stop starting trials after this many seconds")] = None,
-    space: Opt[Path | None, typer.Option(help="YAML search space: name: [choices] or {low, high, log, step}")]
+    space: Opt[Path | None, typer.Option(help="YAML search space: name: a list of choices or {low, high, log, step}")]
     = None,
     lr: Opt[str | None, typer.Option(help="range low:high (log scale) or choices a,b")] = None,
     head_lr: Opt[str | None, typer.Option(help="range or choices")] = None,
@@ -194,8 +195,16 @@ def search(
     patience: PatienceOpt = None, seed: SeedOpt = None,
     name: Opt[str, typer.Option(help="results directory under --output")] = "search",
     output: OutputOpt = None, set_: SetOpt = None, overwrite: OverwriteOpt = False,
+    resume: Opt[bool, typer.Option("--resume", help="continue the search stored in the run directory (study.db) "
+                                   "where it stopped; an interrupted trial runs again")] = False,
+    storage: Opt[str | None, typer.Option(help="Optuna database URL shared by several workers, e.g. "
+                                          "postgresql://user@host/db (default: study.db in the run directory)")]
+    = None,
 ) -> None:
-    """Search hyper-parameters and strategy with Optuna (seeded TPE, median pruning); write best.yaml."""
+    """Search hyper-parameters and strategy with Optuna (seeded TPE, median pruning); write best.yaml.
+
+    The study is stored as it goes: a killed search continues with the same command plus --resume, and workers
+    started with the same --storage and --name share one study."""
     import optuna
 
     from transferlab.lab.search import DEFAULT_SPACE, load_space, parse_flag, run_search
@@ -216,10 +225,11 @@ def search(
     def show_trial(row: dict) -> None:
         value = "—" if row["value"] is None else f"{row['value']:.4f}"
         params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
-                           if k not in ("trial", "state", "value", "duration_s"))
+                           if k not in ("trial", "state", "value", "duration_s") and v is not None)
         console.print(f"trial {row['trial']}: {row['state']} {value} ({params})", highlight=False)
 
-    result = run_search(cfg, search_space, trials, timeout, pruning_startup, overwrite, origin, on_trial=show_trial)
+    result = run_search(cfg, search_space, trials, timeout, pruning_startup, overwrite, origin, on_trial=show_trial,
+                        resume=resume, storage=storage)
     best = result.study.best_trial
     console.print(trials_table(result.rows, result.metric, best.number))
     console.print(f"best: trial {best.number}, {result.metric} {best.value:.4f}; re-run it with "

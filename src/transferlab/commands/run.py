@@ -11,6 +11,7 @@ import typer
 from transferlab.commands.common import FLAG_FIELDS, Opt, console, print_warnings, resolve_config
 from transferlab.config import RunConfig
 from transferlab.console import metrics_table, plan_table
+from transferlab.data.sources import refuse_blank_texts
 from transferlab.deploy.predictor import Predictor
 from transferlab.errors import UserError
 from transferlab.strategies.named import strategy_usage
@@ -192,17 +193,16 @@ def predict(
         frame = task.read_inputs(input, run_cfg)
     else:
         frame = task.inputs_from_args(list(texts or []), {"question": question, "context": context})
-    check_inputs(frame, task.input_fields)
+    check_inputs(frame, task.input_fields, input)
     write_predictions(frame, predictor.predict_frame(frame), output, task.line)
 
 
-def check_inputs(frame: pd.DataFrame, fields: list[str]) -> None:
-    """Refuse an empty input (the service does too): a model has nothing to say about it."""
+def check_inputs(frame: pd.DataFrame, fields: list[str], source: Path | None) -> None:
+    """Refuse an empty input text (the service does too): a model would still label it, confidently."""
+    columns = frame.attrs.get("role_columns", {})
     for field in fields:
-        empty = frame[field].astype(str).str.strip() == ""
-        if empty.any():
-            rows = ", ".join(str(i + 1) for i in empty[empty].index[:5])
-            raise UserError(f"predict: input {rows} has an empty {field}.", f"Give every input a non-empty {field}.")
+        where = f"{source}: column {columns.get(field, field)!r}, data row" if source else f"predict: {field} argument"
+        refuse_blank_texts(frame[field].astype(str).tolist(), where)
 
 
 def _flat(prediction: dict) -> dict:

@@ -190,25 +190,32 @@ class Predictor:
         inverse = np.argsort(np.array(positions), kind="stable")
         return {k: v[inverse] for k, v in concat_outputs(chunks).items()}
 
-    def raw_outputs(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
-        """The model's own output tensors (the task's `output_names`) per feature: what parity checks compare."""
-        return self._run(frame, lambda out, batch: {n: torch.as_tensor(getattr(out, n)).float().numpy()
-                                                    for n in self.task.output_names})
+    def frame(self, rows: pd.DataFrame | list[dict | str]) -> pd.DataFrame:
+        """Inputs as the task reads them: a frame as is, or rows of fields; a plain string stands for a row of the
+        task's first input field (the text of a classifier)."""
+        if isinstance(rows, pd.DataFrame):
+            return rows
+        field = self.task.input_fields[0]
+        return pd.DataFrame([{field: r} if isinstance(r, str) else r for r in rows],
+                            columns=None if rows else self.task.input_fields)
 
-    def outputs(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    def raw_outputs(self, rows: pd.DataFrame | list[dict | str]) -> dict[str, np.ndarray]:
+        """The model's own output tensors (the task's `output_names`) per feature: what parity checks compare."""
+        return self._run(self.frame(rows), lambda out, batch: {n: torch.as_tensor(getattr(out, n)).float().numpy()
+                                                               for n in self.task.output_names})
+
+    def outputs(self, rows: pd.DataFrame | list[dict | str]) -> dict[str, np.ndarray]:
         """The task's outputs (probabilities, tags, spans...) per feature."""
-        return self._run(frame, self.task.outputs)
+        return self._run(self.frame(rows), self.task.outputs)
 
     def predict_frame(self, frame: pd.DataFrame) -> list[dict]:
         """One prediction per row of `frame` (as the task reads it)."""
         return self.task.decode(self.outputs(frame), frame) if len(frame) else []
 
-    def predict(self, rows: list[dict | str]) -> list[dict]:
-        """Predictions for rows of raw inputs, e.g. [{"text": ...}] or [{"text": ..., "text_pair": ...}]; a plain
-        string stands for a row of the task's first input field (the text of a classifier)."""
-        field = self.task.input_fields[0]
-        return self.predict_frame(pd.DataFrame([{field: r} if isinstance(r, str) else r for r in rows],
-                                               columns=None if rows else self.task.input_fields))
+    def predict(self, rows: pd.DataFrame | list[dict | str]) -> list[dict]:
+        """Predictions for rows of raw inputs, e.g. [{"text": ...}] or [{"text": ..., "text_pair": ...}] (see
+        `frame`), one per row."""
+        return self.predict_frame(self.frame(rows))
 
     def evaluate(self, frame: pd.DataFrame) -> dict:
         """The task's metrics on labelled examples."""

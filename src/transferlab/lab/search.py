@@ -3,12 +3,15 @@
 A search space maps parameters to a list of choices or a range ({low, high, log, step}). Parameters are the
 short names of PARAM_FIELDS or any config field path such as `training.schedule`. Every trial is an ordinary
 `train_run` (in out_dir/trial-<n>, its model and checkpoints removed once scored); the best trial's config is
-written as best.yaml, which `transferlab train --config best.yaml` re-runs.
+written as best.yaml, which `transferlab train --config best.yaml` re-runs. The study is stored as it goes
+(study_store.py), so a killed search resumes and several workers can share one study.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from transferlab.config import RunConfig, apply_override, build_config, load_yaml, save_yaml
 from transferlab.errors import UserError
+from transferlab.lab import study_store
 from transferlab.lab.compare import compile_strategies
 from transferlab.lab.cross_validation import drop_checkpoints
 from transferlab.pipeline import check_run_dir, load_run_data, make_accelerator, prepare_run, train_run
@@ -60,6 +64,7 @@ DEFAULT_SPACE: dict[str, Spec] = {
     "dropout": Range(low=0.0, high=0.3),
     "strategy": ["full", "freeze-bottom:3", "freeze-attention", "feature-extraction"],
 }
+log = logging.getLogger("transferlab")
 
 
 def _number(text: str) -> int | float | str:
@@ -190,21 +195,34 @@ def _score(doc: dict, metric: str) -> float:
 
 
 def trial_rows(study: optuna.Study) -> list[dict]:
-    """One row per trial: number, state, value, parameters, duration."""
+    """One row per trial: number, state, value, parameters, the trial it re-runs (if any re-runs one), duration."""
+    retries = {t.number: study_store.retried_from(t) for t in study.trials}
+    with_retries = any(n is not None for n in retries.values())
     rows = []
     for t in study.trials:
-        duration = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete else None
-        rows.append({"trial": t.number, "state": t.state.name.lower(), "value": t.value, **t.params,
-                     "duration_s": round(duration, 1) if duration is not None else None})
+        # a killed trial is failed only when the search resumes: its start-to-fail time means nothing
+        finished = t.state in study_store.FINISHED
+        duration = round((t.datetime_complete - t.datetime_start).total_seconds(), 1) if finished else None
+        retry = {"retry_of": retries[t.number]} if with_retries else {}
+        rows.append({"trial": t.number, "state": t.state.name.lower(), "value": t.value, **t.params, **retry,
+                     "duration_s": duration})
     return rows
 
 
 def run_search(cfg: RunConfig, space: dict[str, Spec], trials: int, timeout: float | None = None,
                startup_trials: int = 3, overwrite: bool = False, origin: str = "the command line",
-               on_trial: Callable[[dict], None] | None = None) -> SearchResult:
-    """Run an Optuna study of `trials` trials in cfg.run_dir; write trials.csv, search.json and best.yaml."""
+               on_trial: Callable[[dict], None] | None = None, resume: bool = False,
+               storage: str | None = None) -> SearchResult:
+    """Run `trials` trials of an Optuna study in cfg.run_dir; write trials.csv, search.json and best.yaml.
+
+    The study lives in cfg.run_dir/study.db, or in `storage` (an Optuna RDB URL) shared with other workers, each
+    running its own `trials`. `resume` continues a local study: the trials it finished count toward `trials`.
+    """
     if trials < 1:
         raise UserError(f"--trials {trials}: at least one trial is needed.", "Pass --trials 1 or more.")
+    place = study_store.study_place(cfg.run_dir, cfg.name, storage, resume, overwrite)
+    # a shared database is reached before any work, so that a wrong URL or a stopped server fails at once
+    shared_storage = study_store.connect(place) if place.shared else None
     check_space(space, cfg.model_dump(mode="json"), origin)
     # single-valued parameters are set, not searched: they would only clutter the trials table
     fixed = {name: spec[0] for name, spec in space.items() if isinstance(spec, list) and len(spec) == 1}
@@ -220,25 +238,55 @@ def run_search(cfg: RunConfig, space: dict[str, Spec], trials: int, timeout: flo
     metric = cfg.training.metric or prep.task.metric
     maximize = metric != "loss" and prep.task.greater_is_better
     del prep  # its model is only needed for the check above: free it before the trials build their own
-    out_dir = check_run_dir(cfg, resume=False, overwrite=overwrite, accelerator=make_accelerator())
+    if place.shared:
+        out_dir = cfg.run_dir  # shared by the workers of this machine: trial numbers keep their runs apart
+    else:
+        out_dir = check_run_dir(cfg, resume=resume, overwrite=overwrite, accelerator=make_accelerator())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # a study is continued only by a search of the same space, metric and settings (wherever its runs are kept)
+    signature = {"metric": metric, "space": _space_doc(space),
+                 "config": {k: v for k, v in base.items() if k not in ("name", "output_dir")}}
+    study = study_store.open_study(place, shared_storage or study_store.connect(place),
+                                   "maximize" if maximize else "minimize", cfg.seed,
+                                   optuna.pruners.MedianPruner(n_startup_trials=startup_trials), signature)
+    to_run = _trials_left(study, trials, out_dir) if resume and not place.shared else trials
+    log.info("study '%s' in %s: %d trials finished, %d to run here", study.study_name, place.shown,
+             sum(t.state in study_store.FINISHED for t in study.trials), to_run)
 
     def objective(trial: optuna.Trial) -> float:
         values = {name: _suggest(trial, name, spec) for name, spec in varied.items()}
-        run_cfg = config_for(base, values, f"trial {trial.number}", name=f"trial-{trial.number:03d}",
+        run_cfg = config_for(base, values, f"trial {trial.number}", name=_trial_name(trial.number),
                              output_dir=str(out_dir))
         trial.set_user_attr("run_dir", str(run_cfg.run_dir))
+        trial.set_user_attr("worker", study_store.WORKER)
+        trial.set_user_attr("interrupted", False)  # a re-run trial inherits its original's attributes
         try:
             doc = train_run(run_cfg, show_progress=False, data=data, callbacks=(PruneOnEval(trial, metric),))
+        except KeyboardInterrupt:
+            trial.set_user_attr("interrupted", True)  # Optuna fails it; --resume runs it again
+            raise
         finally:
             drop_checkpoints(run_cfg.run_dir, keep_model=False)
         return _score(doc, metric)
 
-    study = optuna.create_study(direction="maximize" if maximize else "minimize",
-                                sampler=optuna.samplers.TPESampler(seed=cfg.seed),
-                                pruner=optuna.pruners.MedianPruner(n_startup_trials=startup_trials))
     started = time.perf_counter()
     callbacks = [lambda s, t: on_trial(trial_rows(s)[t.number])] if on_trial else []
-    study.optimize(objective, n_trials=trials, timeout=timeout, callbacks=callbacks)
+    if to_run:
+        study.optimize(objective, n_trials=to_run, timeout=timeout, callbacks=callbacks)
+    return _summarise(study, metric, base, cfg, space, place, out_dir, time.perf_counter() - started)
+
+
+def _trials_left(study: optuna.Study, trials: int, out_dir: Path) -> int:
+    """Resuming a local study: queue its interrupted trials again; the trials still to run to finish `trials`."""
+    for number in study_store.requeue_interrupted(study):
+        drop_checkpoints(out_dir / _trial_name(number), keep_model=False)
+        log.info("trial %d was interrupted: it runs again", number)
+    return max(0, trials - sum(t.state in study_store.FINISHED for t in study.trials))
+
+
+def _summarise(study: optuna.Study, metric: str, base: dict, cfg: RunConfig, space: dict[str, Spec],
+               place: study_store.StudyPlace, out_dir: Path, seconds: float) -> SearchResult:
+    """The best trial's config and the trials table, written as best.yaml, trials.csv and search.json."""
     completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not completed:
         raise UserError(f"No trial of the search finished ({len(study.trials)} pruned or failed).",
@@ -247,14 +295,26 @@ def run_search(cfg: RunConfig, space: dict[str, Spec], trials: int, timeout: flo
     best_cfg = config_for(base, best.params, "the best trial", name=f"{cfg.name}-best", output_dir=cfg.output_dir)
     result = SearchResult(study, metric, best_cfg, trial_rows(study))
     result.files = [out_dir / "trials.csv", out_dir / "search.json", out_dir / "best.yaml"]
-    pd.DataFrame(result.rows).to_csv(result.files[0], index=False)
-    result.files[1].write_text(json.dumps({
-        "metric": metric, "direction": study.direction.name.lower(), "trials": len(study.trials),
-        "seconds": round(time.perf_counter() - started, 1), "space": _space_doc(space),
-        "best": {"trial": best.number, "value": best.value, "params": best.params}, "rows": result.rows,
-    }, indent=2, default=str))
-    save_yaml(best_cfg, result.files[2])
+    doc = {"metric": metric, "direction": study.direction.name.lower(), "trials": len(study.trials),
+           "seconds": round(seconds, 1), "space": _space_doc(space), "storage": place.shown,
+           "study": study.study_name, "best": {"trial": best.number, "value": best.value, "params": best.params},
+           "rows": result.rows}
+    # nullable dtypes: a column with gaps (retry_of) keeps whole numbers whole
+    _publish(result.files[0], lambda p: pd.DataFrame(result.rows).convert_dtypes().to_csv(p, index=False))
+    _publish(result.files[1], lambda p: p.write_text(json.dumps(doc, indent=2, default=str)))
+    _publish(result.files[2], lambda p: save_yaml(best_cfg, p))
     return result
+
+
+def _trial_name(number: int) -> str:
+    return f"trial-{number:03d}"
+
+
+def _publish(path: Path, write: Callable[[Path], None]) -> None:
+    """Write through a temporary file and rename it: workers sharing a run directory never leave a torn file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
 
 
 def _space_doc(space: dict[str, Spec]) -> dict:

@@ -15,6 +15,7 @@ from pydantic import Field, model_validator
 
 from transferlab.backbones.base import Backbone, Processor
 from transferlab.config import ConfigSection, ModelConfig, RunConfig, register_section
+from transferlab.data.labels import class_labels
 from transferlab.data.sources import check_eval_labels, label_names
 from transferlab.errors import UserError
 from transferlab.evaluation.metrics import regression_metrics
@@ -23,6 +24,7 @@ from transferlab.tasks.classification import ClassificationTask
 from transferlab.tasks.table import data_rows, input_columns, read_columns, text_inputs, train_and_eval
 
 SCORE = "score"  # the one "label" of a regression model (its id2label)
+_REGRESSION_HINT = "for a score, set pairs.objective: regression (--set pairs.objective=regression)"
 
 
 class PairsConfig(ConfigSection):
@@ -78,7 +80,7 @@ def read_scored_pairs(source: str, p: PairsConfig) -> pd.DataFrame:
 def read_labelled_pairs(source: str, p: PairsConfig) -> pd.DataFrame:
     """text, text_pair, label (str) of a file of classified pairs."""
     frame = read_columns(source, _text_columns(p) | {"label": (p.label_column, "pairs.label_column")})
-    return frame.assign(label=frame["label"].astype(str).str.strip())
+    return frame.assign(label=class_labels(frame["label"], source, p.label_column, _REGRESSION_HINT))
 
 
 class _PairsMixin:

@@ -23,13 +23,13 @@ def data_rows(mask: pd.Series) -> str:
                                                      if len(rows) > _SHOWN_ROWS else "")
 
 
-def _require(table: pd.DataFrame, source: str | Path, role: str, column: str, option: str) -> None:
+def _require(table: pd.DataFrame, source: str | Path, role: str, column: str, fix: str) -> None:
     if column not in table.columns:
         found = [str(name) for name in table.columns]
         close = difflib.get_close_matches(column, found, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise UserError(f"{source} has no {role} column {column!r}{hint}; its columns are: {', '.join(found)}.",
-                        f"Name the right one with {option} COLUMN.")
+                        f"Name the right one with {fix}.")
 
 
 def read_columns(source: str, columns: dict[str, tuple[str, str]]) -> pd.DataFrame:
@@ -39,7 +39,7 @@ def read_columns(source: str, columns: dict[str, tuple[str, str]]) -> pd.DataFra
     """
     table = load_table(source)
     for role, (column, option) in columns.items():
-        _require(table, source, role, column, f"--set {option}=")
+        _require(table, source, role, column, f"--set {option}=COLUMN")
     frame = table[[column for column, _ in columns.values()]].set_axis(list(columns), axis=1).reset_index(drop=True)
     for role, (column, _) in columns.items():
         empty = frame[role].isna() | (frame[role].astype(str).str.strip() == "")
@@ -62,6 +62,7 @@ def input_columns(source: Path, roles: dict[str, tuple[str, str]], reader: str) 
                             f"name the right one with {option}.")
     frame = table.copy()
     frame.attrs["input_columns"] = [str(c) for c in table.columns]
+    frame.attrs["role_columns"] = {role: column for role, (column, _) in roles.items()}
     for role, (column, _) in roles.items():
         frame[role] = table[column].fillna("").astype(str)
     return frame

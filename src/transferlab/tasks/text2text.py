@@ -186,8 +186,9 @@ class Text2TextTask(Task):
                  "labels": targets[i][lead:]} for i in range(len(frame))]
 
     def collate(self, features: list[dict]) -> dict[str, torch.Tensor]:
-        # pads labels with -100, which the loss ignores
-        return DataCollatorForSeq2Seq(self.processor.tokenizer, label_pad_token_id=-100)(features)
+        # pads labels with -100, which the loss ignores; unlabelled inputs get no `labels` key (not labels=None)
+        batch = DataCollatorForSeq2Seq(self.processor.tokenizer, label_pad_token_id=-100)(features)
+        return {k: v for k, v in batch.items() if v is not None}
 
     def eval_forward(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> Generated:
         loss = model(**inputs).loss if "labels" in inputs else None
