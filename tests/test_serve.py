@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 import typer
 import yaml
@@ -156,6 +157,25 @@ def test_a_pair_model_takes_text_pairs_and_requires_them(tmp_path, tiny_run):
     assert paired.status_code == 200
     expected = pair_model.predict(rows)
     assert [p["score"] for p in paired.json()["predictions"]] == pytest.approx([p["score"] for p in expected])
+
+
+class NumpyScores:
+    """The real model, with its scores as numpy scalars (as some task decoders leave them)."""
+
+    def __init__(self, model: ServedModel):
+        self.model, self.info = model, model.info
+
+    def predict(self, rows: list[dict]) -> list[dict]:
+        return [{**p, "score": np.float32(p["score"]), "rank": np.int64(1)} for p in self.model.predict(rows)]
+
+
+def test_numpy_scalars_in_predictions_are_sent_as_numbers(model):
+    with ServerThread(create_app(InProcessRunner(NumpyScores(model)), LIMITS)) as running:
+        response = httpx.post(f"{running.url}/predict", json={"text": "A film."}, timeout=60)
+    assert response.status_code == 200
+    prediction = response.json()["predictions"][0]
+    assert prediction["rank"] == 1 and prediction["score"] == pytest.approx(model.predict([{"text": "A film."}])[0]
+                                                                            ["score"], abs=1e-6)
 
 
 def test_shutdown_finishes_requests_in_flight(model):

@@ -10,12 +10,14 @@ worker processes (see workers.py); a request not answered within the timeout get
 # reads the endpoint's annotations as objects
 import asyncio
 import hmac
+import json
 import sys
 import time
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from typing import Annotated
 
+import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Response
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -87,6 +89,22 @@ def request_rows(request: BaseModel, inputs: list[str], limits: Limits) -> list[
     return [dict(zip(inputs, row, strict=True)) for row in zip(*columns.values(), strict=True)]
 
 
+class PredictionsResponse(JSONResponse):
+    """JSON predictions; a numpy scalar a task's decoder left in them (a QA score, an offset) becomes a number
+    instead of failing the response."""
+
+    def render(self, content) -> bytes:
+        return json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":"),
+                          default=numpy_scalar).encode("utf-8")
+
+
+def numpy_scalar(value):
+    """The Python number of a numpy scalar (json.dumps' fallback); TypeError for anything else."""
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
 def token_guard(token: str):
     """A FastAPI dependency answering 401 unless the request carries `Authorization: Bearer <token>`."""
     expected = token.encode()
@@ -149,11 +167,10 @@ def create_app(runner: ModelRunner, limits: Limits = Limits(), token: str | None
             predictions = await asyncio.wait_for(future, limits.timeout_s)
         except TimeoutError as err:
             raise HTTPException(504, f"not answered within {limits.timeout_s:g} s: the service is overloaded; "
-                                     "retry later or send fewer texts") from err
+                                     "retry later or send fewer inputs") from err
         except Exception as err:  # noqa: BLE001 - the model raised on this request only (see batching.py)
             raise HTTPException(500, f"the model failed on this request ({type(err).__name__})") from err
-        # JSONResponse directly: FastAPI's generic encoder walks every nested value first (slower)
-        return JSONResponse({"predictions": predictions})
+        return PredictionsResponse({"predictions": predictions})
 
     @app.get("/health", summary="Liveness: the model is loaded and the batcher runs")
     async def health() -> dict:
@@ -164,8 +181,7 @@ def create_app(runner: ModelRunner, limits: Limits = Limits(), token: str | None
     @app.get("/metadata", summary="The model: task, labels, backbone, backend, limits, version",
              dependencies=guarded)
     async def metadata() -> dict:
-        return {**info.metadata, "version": transferlab.__version__,
-                "workers": runner.workers,
+        return {**info.metadata, "version": transferlab.__version__, "workers": runner.workers,
                 "limits": asdict(limits)}
 
     @app.get("/metrics", summary="Prometheus metrics (text format)", dependencies=guarded,
