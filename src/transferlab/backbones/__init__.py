@@ -14,9 +14,10 @@ from torch import nn
 from transferlab.backbones.base import WEIGHT_FILES, Backbone, BackboneFamily
 from transferlab.backbones.groups import LayerGroup, LayerGroups, split_groups
 from transferlab.backbones.text import TextFamily
+from transferlab.backbones.vision import VisionFamily
 from transferlab.errors import UserError
 
-FAMILIES: list[BackboneFamily] = [TextFamily()]
+FAMILIES: list[BackboneFamily] = [TextFamily(), VisionFamily()]
 
 
 def register_family(family: BackboneFamily) -> None:

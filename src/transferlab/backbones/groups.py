@@ -29,6 +29,7 @@ class GroupRule:
     `name` and `unit` are templates filled with the regex's groups (the first one is the layer index);
     `level` is "index" (the layer index + 1 within its stack), "input" (level 0) or "top" (its stack's top level).
     `unit` names the whole layer the group is part of (`layer.3` for `layer.3.ffn`): what progressive plans print.
+    `index` is the layer index where the parameter names hold none (a stage of a flat list of CNN blocks).
     """
 
     pattern: str
@@ -37,6 +38,7 @@ class GroupRule:
     stack: str = "encoder"
     level: str = "index"
     unit: str | None = None
+    index: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS or self.level not in ("index", "input", "top"):
@@ -170,7 +172,7 @@ def _typed(placed: dict) -> list[LayerGroup]:
     depth = {s: 0 for s in STACKS}
     for rule, groups, _, _ in placed.values():
         if rule is not None and rule.level == "index":
-            depth[rule.stack] = max(depth[rule.stack], int(groups[0]) + 1)
+            depth[rule.stack] = max(depth[rule.stack], _index(rule, groups) + 1)
     offset, start = 1, {}
     for stack in STACKS:
         start[stack] = offset
@@ -180,8 +182,14 @@ def _typed(placed: dict) -> list[LayerGroup]:
         if rule is None or rule.kind == "head":
             out.append(LayerGroup("head", offset, "head", "head", "head", params))
             continue
-        level = {"input": 0, "index": start[rule.stack] + int(groups[0]) if groups else 0,
+        level = {"input": 0, "index": start[rule.stack] + _index(rule, groups),
                  "top": start[rule.stack] + max(depth[rule.stack] - 1, 0)}[rule.level]
         unit = (rule.unit or rule.name).format(*groups)
         out.append(LayerGroup(key, level, "adapter" if adapter else rule.kind, rule.stack, unit, params))
     return out
+
+
+def _index(rule: GroupRule, groups: tuple[str, ...]) -> int:
+    if rule.index is not None:
+        return rule.index
+    return int(groups[0]) if groups else 0

@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from transferlab.errors import UserError
-from transferlab.models.modeling_transferlab import remove_attention_heads
+from transferlab.models.modeling_transferlab import attention_head_size, remove_attention_heads
 
 METHODS = ("magnitude", "heads")
 
@@ -69,8 +69,7 @@ def attention_layers(model: nn.Module) -> list[nn.Module]:
 
 
 def head_size(model: nn.Module) -> int:
-    cfg = model.config.backbone
-    return cfg["hidden_size"] // cfg["num_attention_heads"]
+    return attention_head_size(model.config.backbone_config())
 
 
 def remaining_heads(model: nn.Module) -> list[list[int]]:

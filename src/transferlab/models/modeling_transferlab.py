@@ -69,8 +69,7 @@ def build_backbone(config: TransferlabConfig) -> nn.Module:
         # an unused pooler would get no gradient: drop it (DDP needs every trainable parameter used)
         backbone.pooler = None
     if getattr(config, "pruned_heads", None):  # written by `transferlab prune --method heads`
-        head_size = bb_config.hidden_size // bb_config.num_attention_heads
-        remove_attention_heads(backbone, config.pruned_heads, head_size)
+        remove_attention_heads(backbone, config.pruned_heads, attention_head_size(bb_config))
     return backbone
 
 
@@ -84,6 +83,11 @@ def _select_features(linear: nn.Linear, index: torch.Tensor, dim: int) -> nn.Lin
         if linear.bias is not None:
             new.bias.copy_(linear.bias if dim == 1 else linear.bias.index_select(0, index))
     return new
+
+
+def attention_head_size(backbone_config: PretrainedConfig) -> int:
+    """Width of one attention head of a BERT-like backbone."""
+    return backbone_config.hidden_size // backbone_config.num_attention_heads
 
 
 def remove_attention_heads(backbone: nn.Module, heads: dict, head_size: int,
