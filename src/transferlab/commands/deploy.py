@@ -151,26 +151,48 @@ def serve(
     port: Opt[int, typer.Option()] = 8000,
     backend: Opt[str, typer.Option(help="torch | onnx | torchscript")] = "torch",
     int8: Opt[bool, typer.Option("--int8", help="serve the int8 model of the backend")] = False,
-    threads: Opt[int | None, typer.Option(help="CPU threads for inference")] = None,
+    workers: Opt[int, typer.Option(help="inference worker processes, each with its own copy of the model "
+                                        "(0: inference in a thread of the HTTP process)", min=0)] = 1,
+    threads: Opt[int | None, typer.Option(help="CPU threads per worker (default: (cores - 1) / workers)")] = None,
     precision: Opt[str, typer.Option(help="torch fp32 backend: auto (bf16 autocast where the CPU runs it "
                                           "natively) | bf16 | fp32")] = "auto",
-    max_batch: Opt[int, typer.Option(help="most texts in one batched forward pass")] = 64,
+    max_batch: Opt[int, typer.Option(help="most inputs in one micro-batch", min=1)] = 64,
+    forward_batch: Opt[int | None, typer.Option(help="inputs per forward pass inside a micro-batch, grouped by "
+                                                     "length (default: 8 for onnx / torchscript, 32 for torch)",
+                                                min=1)] = None,
     max_wait_ms: Opt[float, typer.Option(help="how long a request waits for others to batch with")] = 5.0,
-    max_items: Opt[int, typer.Option(help="most texts in one request")] = 64,
-    max_chars: Opt[int, typer.Option(help="longest text accepted, in characters")] = 10_000,
+    max_queue: Opt[int, typer.Option(help="most inputs waiting for the model; more get 503 + Retry-After",
+                                     min=1)] = 1024,
+    timeout_s: Opt[float, typer.Option(help="a request not answered in this many seconds gets 504")] = 10.0,
+    max_items: Opt[int, typer.Option(help="most inputs in one request", min=1)] = 64,
+    max_chars: Opt[int, typer.Option(help="longest value of any input field, in characters")] = 10_000,
     max_body_kb: Opt[int, typer.Option(help="largest request body, in KiB")] = 1024,
+    token: Opt[str | None, typer.Option(envvar="TRANSFERLAB_TOKEN", show_default=False,
+                                        help="require 'Authorization: Bearer TOKEN' on every endpoint but "
+                                             "/health (prefer the env var: a flag shows in `ps`)")] = None,
 ) -> None:
-    """Serve a model over HTTP: POST /predict, GET /health, GET /metadata, docs at /docs."""
-    from transferlab.deploy.predictor import Predictor
+    """Serve a model over HTTP: POST /predict, GET /health, /metadata, /metrics, docs at /docs."""
+    import os
+
+    from transferlab.deploy.served_model import ModelSpec, ServedModel
     from transferlab.deploy.service import Limits
     from transferlab.deploy.service import serve as run_server
+    from transferlab.deploy.workers import InProcessRunner, WorkerPool
 
-    predictor = Predictor(model, backend, int8, batch_size=max_batch, threads=threads, precision=precision,
-                          spin_wait=False)
+    if threads is None and workers:  # one core stays with the HTTP process
+        threads = max(1, ((os.cpu_count() or 1) - 1) // workers)
+    spec = ModelSpec(str(model), backend, int8, threads, precision, forward_batch)
     limits = Limits(max_items=max_items, max_chars=max_chars, max_body_bytes=max_body_kb * 1024,
-                    max_batch=max_batch, max_wait_ms=max_wait_ms)
-    console.print(f"serving {predictor.model_dir} ({predictor.name}) on http://{host}:{port} - docs at /docs")
-    run_server(predictor, host, port, limits)
+                    max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue, timeout_s=timeout_s)
+    with console.status(f"loading the model in {workers or 'this'} process{'es' if workers > 1 else ''}"):
+        runner = WorkerPool(spec, workers) if workers else InProcessRunner(ServedModel(spec))
+    try:
+        console.print(f"serving {model} ({runner.info.metadata['backend']}, {workers} worker process"
+                      f"{'es' if workers != 1 else ''}{', token required' if token else ''}) "
+                      f"on http://{host}:{port} - docs at /docs")
+        run_server(runner, host, port, limits, token)
+    finally:  # the workers ignore SIGTERM (see workers.py): they stop when their pipe closes
+        runner.close()
 
 
 def register(app: typer.Typer) -> None:

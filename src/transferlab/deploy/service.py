@@ -1,211 +1,207 @@
-"""The HTTP service: FastAPI over a Predictor, with request validation and micro-batching.
+"""The HTTP service: FastAPI over a model runner, with validation at the edge, auth, metrics and a bounded queue.
 
-Concurrent requests wait in an asyncio queue for at most a few milliseconds; the batcher joins them into one
-forward pass that runs in a worker thread (the event loop keeps accepting requests meanwhile), then hands each
-request its own predictions. While a forward pass runs, new requests pile up and form the next batch, so the
-batch size follows the load by itself. Shutdown (SIGINT/SIGTERM) stops accepting, lets uvicorn finish the
-requests in flight, then drains the queue before the process exits.
+Requests are validated before they reach the model (422), join the micro-batcher's bounded queue (503 with
+Retry-After when it is full) and get their predictions from a shared forward pass, run in a thread or in
+worker processes (see workers.py); a request not answered within the timeout gets a 504. Shutdown
+(SIGINT/SIGTERM) stops accepting, lets uvicorn finish the requests in flight, then drains the queue.
 """
 
-from __future__ import annotations
-
+# no `from __future__ import annotations`: /predict's body type is made per model at run time, and FastAPI
+# reads the endpoint's annotations as objects
 import asyncio
+import hmac
+import json
 import sys
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
+from typing import Annotated
 
-from fastapi import FastAPI, HTTPException
-from pydantic import BaseModel, ConfigDict, Field
+import numpy as np
+from fastapi import Depends, FastAPI, HTTPException, Response
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 import transferlab
-from transferlab.deploy.predictor import Predictor
+from transferlab.deploy.batching import MicroBatcher, QueueFull, ShuttingDown
+from transferlab.deploy.service_metrics import MetricsMiddleware, ServiceMetrics
+from transferlab.deploy.workers import ModelRunner
+
+BEARER = HTTPBearer(auto_error=False)
 
 
 @dataclass(frozen=True)
 class Limits:
-    """What one request may hold, and how requests are batched."""
+    """What one request may hold, how requests are batched, and how much may wait."""
 
     max_items: int = 64
     max_chars: int = 10_000
     max_body_bytes: int = 1_000_000
     max_batch: int = 64
     max_wait_ms: float = 5.0
+    max_queue: int = 1024  # inputs waiting for a forward pass; more: 503
+    timeout_s: float = 10.0  # a request not answered by then: 504
 
 
-def predict_texts(predictor: Predictor, texts: list[str], pairs: list[str] | None) -> list[dict]:
-    """The predictor's predictions for texts (and their pairs): the one place the service calls the model."""
-    rows = [{"text": t} for t in texts] if pairs is None else \
-        [{"text": t, "text_pair": p} for t, p in zip(texts, pairs, strict=True)]
-    return predictor.predict(rows)
+def request_model(inputs: list[str]) -> type[BaseModel]:
+    """The /predict body of a model whose input rows have the fields `inputs`: each field one value, or a list
+    of values (one per input); a field the model does not read is refused."""
+    fields = {name: (str | list[str], Field(description=f"the {name} of one input, or a list of them"))
+              for name in inputs}
+    return create_model("PredictRequest", __config__=ConfigDict(extra="forbid"), **fields)
 
 
-class PredictRequest(BaseModel):
-    """One text or a list of texts (and, for sentence-pair models, the matching second texts)."""
-
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        {"text": "A wonderful, moving film."}, {"text": ["Loved it.", "Two hours I will never get back."]}]})
-
-    text: str | list[str] = Field(description="a text, or a list of texts")
-    text_pair: str | list[str] | None = Field(None, description="second text(s) of sentence-pair models")
-
-    def texts(self) -> list[str]:
-        return [self.text] if isinstance(self.text, str) else self.text
-
-    def pairs(self) -> list[str] | None:
-        if self.text_pair is None:
-            return None
-        return [self.text_pair] if isinstance(self.text_pair, str) else self.text_pair
+def check_value(name: str, value: str, limits: Limits) -> None:
+    """Refuse an empty, too long or non-Unicode value (a lone surrogate cannot be tokenized)."""
+    if not value.strip():
+        raise ValueError(f"{name} is empty")
+    if len(value) > limits.max_chars:
+        raise ValueError(f"{name} has {len(value):,} characters; the limit is {limits.max_chars:,}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(f"{name} is not valid Unicode (a lone surrogate at character {err.start}): "
+                         "send UTF-8 text") from None
 
 
-def validate_request(request: PredictRequest, limits: Limits) -> None:
-    """Refuse empty, too many or too long texts with a message naming the item (sent as 422)."""
-    texts, pairs = request.texts(), request.pairs()
-    if not texts:
-        raise ValueError("'text' is an empty list: send at least one text")
-    if len(texts) > limits.max_items:
-        raise ValueError(f"{len(texts)} texts in one request; the limit is {limits.max_items}: split the request")
-    if pairs is not None and len(pairs) != len(texts):
-        raise ValueError(f"{len(texts)} texts but {len(pairs)} text pairs: send one pair per text")
-    for name, values in (("text", texts), ("text_pair", pairs or [])):
-        for i, value in enumerate(values):
-            if not value.strip():
-                raise ValueError(f"{name}[{i}] is empty")
-            if len(value) > limits.max_chars:
-                raise ValueError(f"{name}[{i}] has {len(value):,} characters; the limit is {limits.max_chars:,}")
+def request_rows(request: BaseModel, inputs: list[str], limits: Limits) -> list[dict]:
+    """The input rows of a request; ValueError (sent as 422, naming the item) for what the model cannot take."""
+    values = {name: getattr(request, name) for name in inputs}
+    if all(isinstance(v, str) for v in values.values()):
+        columns = {name: [value] for name, value in values.items()}
+    elif any(isinstance(v, str) for v in values.values()):
+        raise ValueError(f"send every field ({', '.join(inputs)}) as one value, or every field as a list")
+    else:
+        columns = values
+    lengths = {name: len(column) for name, column in columns.items()}
+    if len(set(lengths.values())) > 1:
+        counts = " but ".join(f"{n} '{name}' values" for name, n in lengths.items())
+        raise ValueError(f"{counts}: send one of each per input")
+    count = lengths[inputs[0]]
+    if count == 0:
+        raise ValueError(f"'{inputs[0]}' is an empty list: send at least one input")
+    if count > limits.max_items:
+        raise ValueError(f"{count} inputs in one request; the limit is {limits.max_items}: split the request")
+    for name, column in columns.items():
+        for i, value in enumerate(column):
+            check_value(f"{name}[{i}]", value, limits)
+    return [dict(zip(inputs, row, strict=True)) for row in zip(*columns.values(), strict=True)]
 
 
-@dataclass
-class _Job:
-    texts: list[str]
-    pairs: list[str] | None
-    future: asyncio.Future = field(repr=False)
+class PredictionsResponse(JSONResponse):
+    """JSON predictions; a numpy scalar a task's decoder left in them (a QA score, an offset) becomes a number
+    instead of failing the response."""
+
+    def render(self, content) -> bytes:
+        return json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":"),
+                          default=numpy_scalar).encode("utf-8")
 
 
-class MicroBatcher:
-    """Joins the texts of concurrent requests into batched forward passes in one worker thread."""
-
-    def __init__(self, predictor: Predictor, max_batch: int, max_wait_ms: float):
-        self.predictor = predictor
-        self.max_batch = max_batch
-        self.max_wait = max_wait_ms / 1000
-        self.queue: asyncio.Queue[_Job] = asyncio.Queue()
-        self.batches = 0
-        self.texts = 0
-        self._task: asyncio.Task | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._loop())
-
-    async def stop(self) -> None:
-        """Answer every queued request, then stop."""
-        while not self.queue.empty():
-            await self._run(self._take_ready([]))
-        if self._task is not None:
-            self._task.cancel()
-
-    async def submit(self, texts: list[str], pairs: list[str] | None) -> list[dict]:
-        job = _Job(texts, pairs, asyncio.get_running_loop().create_future())
-        await self.queue.put(job)
-        return await job.future
-
-    def _take_ready(self, jobs: list[_Job]) -> list[_Job]:
-        size = sum(len(j.texts) for j in jobs)
-        while size < self.max_batch and not self.queue.empty():
-            jobs.append(self.queue.get_nowait())
-            size += len(jobs[-1].texts)
-        return jobs
-
-    async def _collect(self) -> list[_Job]:
-        jobs = [await self.queue.get()]
-        deadline = time.monotonic() + self.max_wait
-        while sum(len(j.texts) for j in self._take_ready(jobs)) < self.max_batch:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            try:
-                jobs.append(await asyncio.wait_for(self.queue.get(), remaining))
-            except TimeoutError:
-                break
-        return jobs
-
-    async def _loop(self) -> None:
-        while True:
-            await self._run(await self._collect())
-
-    async def _run(self, jobs: list[_Job]) -> None:
-        # a batch is tokenized as a whole, so texts with and without pairs go in separate passes
-        for with_pairs in (False, True):
-            group = [j for j in jobs if (j.pairs is not None) == with_pairs and not j.future.done()]
-            if not group:
-                continue
-            texts = [t for j in group for t in j.texts]
-            pairs = [p for j in group for p in j.pairs] if with_pairs else None
-            try:
-                results = await asyncio.to_thread(predict_texts, self.predictor, texts, pairs)
-            except Exception as err:  # noqa: BLE001 - the error belongs to the requests, not to the batcher
-                for job in group:
-                    if not job.future.done():
-                        job.future.set_exception(err)
-                continue
-            self.batches += 1
-            self.texts += len(texts)
-            start = 0
-            for job in group:
-                if not job.future.done():  # the client may have gone away
-                    job.future.set_result(results[start:start + len(job.texts)])
-                start += len(job.texts)
+def numpy_scalar(value):
+    """The Python number of a numpy scalar (json.dumps' fallback); TypeError for anything else."""
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-def create_app(predictor: Predictor, limits: Limits = Limits()) -> FastAPI:
-    """The FastAPI application serving `predictor`."""
+def token_guard(token: str):
+    """A FastAPI dependency answering 401 unless the request carries `Authorization: Bearer <token>`."""
+    expected = token.encode()
+
+    def require_token(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]) -> None:
+        # compare_digest: the time taken does not tell an attacker how much of a guess was right
+        if credentials is None or not hmac.compare_digest(credentials.credentials.encode(), expected):
+            raise HTTPException(401, "missing or wrong bearer token: send 'Authorization: Bearer <token>'",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    return require_token
+
+
+def create_app(runner: ModelRunner, limits: Limits = Limits(), token: str | None = None) -> FastAPI:
+    """The FastAPI application serving `runner`'s model; with `token`, every endpoint but /health needs it.
+    The app closes the runner when it shuts down."""
+    info = runner.info
+    metrics = ServiceMetrics()
     state: dict = {}
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
-        batcher = MicroBatcher(predictor, limits.max_batch, limits.max_wait_ms)
+        batcher = MicroBatcher(runner, metrics, limits.max_batch, limits.max_wait_ms, limits.max_queue)
+        metrics.watch_queue(lambda: batcher.queued)
         batcher.start()
         state.update(batcher=batcher, started=time.time())
-        yield
-        await batcher.stop()
+        try:
+            yield
+        finally:
+            await batcher.close()
+            runner.close()
 
     # max_body_size: 413 by Content-Length, or while a body without one streams in
     app = FastAPI(title="transferlab model service", version=transferlab.__version__, lifespan=lifespan,
                   max_body_size=limits.max_body_bytes,
-                  description=f"{predictor.task.name} with a fine-tuned {predictor.metadata()['backbone']} "
-                              f"({predictor.name}); labels: {', '.join(predictor.labels or [])}.")
+                  description=f"A {info.task} model; each input has the fields {', '.join(info.inputs)}. "
+                              "Labels, backbone and limits at /metadata.")
+    guarded = [Depends(token_guard(token))] if token else []
+    request_body = request_model(info.inputs)
 
-    @app.post("/predict", summary="Predict labels for one text or a list of texts")
-    async def predict(request: PredictRequest) -> dict:
+    @app.post("/predict", summary="Predictions for one input or a list of inputs", dependencies=guarded,
+              responses={401: {"description": "missing or wrong bearer token"},
+                         422: {"description": "invalid request (the message names the item)"},
+                         500: {"description": "the model failed on this request"},
+                         503: {"description": "queue full or shutting down: retry after Retry-After seconds"},
+                         504: {"description": "not answered within the timeout"}})
+    async def predict(request: request_body) -> Response:
         try:
-            validate_request(request, limits)
+            rows = request_rows(request, info.inputs, limits)
         except ValueError as err:
             raise HTTPException(422, str(err)) from err
-        return {"predictions": await state["batcher"].submit(request.texts(), request.pairs())}
+        batcher: MicroBatcher = state["batcher"]
+        try:
+            future = batcher.submit(rows)
+        except QueueFull as err:
+            raise HTTPException(503, str(err), headers={"Retry-After": str(err.retry_after_s)}) from err
+        except ShuttingDown as err:
+            raise HTTPException(503, str(err), headers={"Retry-After": "1"}) from err
+        try:
+            predictions = await asyncio.wait_for(future, limits.timeout_s)
+        except TimeoutError as err:
+            raise HTTPException(504, f"not answered within {limits.timeout_s:g} s: the service is overloaded; "
+                                     "retry later or send fewer inputs") from err
+        except Exception as err:  # noqa: BLE001 - the model raised on this request only (see batching.py)
+            raise HTTPException(500, f"the model failed on this request ({type(err).__name__})") from err
+        return PredictionsResponse({"predictions": predictions})
 
     @app.get("/health", summary="Liveness: the model is loaded and the batcher runs")
     async def health() -> dict:
         batcher: MicroBatcher = state["batcher"]
         return {"status": "ok", "uptime_s": round(time.time() - state["started"], 1),
-                "queued": batcher.queue.qsize(), "batches": batcher.batches, "texts": batcher.texts}
+                "queued": batcher.queued, "batches": batcher.batches, "inputs": batcher.rows_done}
 
-    @app.get("/metadata", summary="The model: task, labels, backbone, backend, limits, version")
+    @app.get("/metadata", summary="The model: task, labels, backbone, backend, limits, version",
+             dependencies=guarded)
     async def metadata() -> dict:
-        return {**predictor.metadata(), "version": transferlab.__version__,
-                "limits": {"max_items": limits.max_items, "max_chars": limits.max_chars,
-                           "max_body_bytes": limits.max_body_bytes},
-                "batching": {"max_batch": limits.max_batch, "max_wait_ms": limits.max_wait_ms}}
+        return {**info.metadata, "version": transferlab.__version__, "workers": runner.workers,
+                "limits": asdict(limits)}
 
+    @app.get("/metrics", summary="Prometheus metrics (text format)", dependencies=guarded,
+             response_class=Response)
+    async def prometheus_metrics() -> Response:
+        return Response(metrics.render(), media_type=metrics.content_type)
+
+    app.add_middleware(MetricsMiddleware, metrics=metrics, endpoints={"/predict", "/health", "/metadata",
+                                                                      "/metrics"})
     return app
 
 
-def serve(predictor: Predictor, host: str = "127.0.0.1", port: int = 8000, limits: Limits = Limits(),
-          log_level: str = "info") -> None:
+def serve(runner: ModelRunner, host: str = "127.0.0.1", port: int = 8000, limits: Limits = Limits(),
+          token: str | None = None, log_level: str = "info") -> None:
     """Run the service with uvicorn until SIGINT/SIGTERM; in-flight requests finish before exit."""
     import uvicorn
 
-    # the inference thread holds the GIL between torch ops; a shorter switch interval lets the event loop
-    # accept and parse requests while a batch runs, so they are queued for the next batch sooner
-    sys.setswitchinterval(0.0005)
-    uvicorn.run(create_app(predictor, limits), host=host, port=port, log_level=log_level,
+    if runner.workers == 0:
+        # the inference thread holds the GIL between torch ops; a shorter switch interval lets the event loop
+        # accept and parse requests while a batch runs
+        sys.setswitchinterval(0.0005)
+    uvicorn.run(create_app(runner, limits, token), host=host, port=port, log_level=log_level,
                 timeout_graceful_shutdown=30)
