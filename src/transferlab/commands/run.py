@@ -10,7 +10,7 @@ import typer
 
 from transferlab.commands.common import FLAG_FIELDS, Opt, console, print_warnings, resolve_config
 from transferlab.config import RunConfig
-from transferlab.console import metrics_table, plan_table
+from transferlab.console import adapter_summary, metrics_table, plan_table
 from transferlab.deploy.predictor import Predictor
 from transferlab.errors import UserError
 from transferlab.strategies.named import strategy_usage
@@ -75,6 +75,8 @@ def train(
     overwrite: Opt[bool, typer.Option(help="replace an existing run of the same name")] = False,
     folds: Opt[int | None, typer.Option(help="stratified k-fold cross-validation: one run per fold, mean ± std "
                                              "per metric (cv.json)")] = None,
+    keep_adapters: Opt[bool | None, typer.Option("--keep-adapters/--no-keep-adapters", help="also save the "
+                                                 "adapters and head alone (peft format) in RUN/adapter/")] = None,
 ) -> None:
     """Fine-tune a pretrained model on labelled data with a transfer-learning strategy."""
     flags = {k: v for k, v in locals().items() if k in FLAG_FIELDS}
@@ -129,6 +131,9 @@ def plan(
     cfg = resolve_config(config, flags, set_ or [])
     prep = prepare_run(cfg)
     console.print(plan_table(prep.phases, f"plan: {cfg.strategy.name} on {cfg.model.name}"))
+    adapters = adapter_summary(prep.groups)
+    if adapters:
+        console.print(adapters)
     for i, phase in enumerate(prep.phases):
         point = cache_point(prep.model, prep.groups, phase.lrs) if cfg.training.feature_cache else None
         if point is not None:
