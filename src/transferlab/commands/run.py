@@ -184,11 +184,17 @@ def predict(
     output: Opt[Path | None, typer.Option(help="write predictions to .csv, .jsonl, .json or .parquet")] = None,
     question: Opt[list[str] | None, typer.Option(help="QA models: a question about --context (repeatable)")] = None,
     context: Opt[str | None, typer.Option(help="QA models: the text the answers are taken from")] = None,
+    base: Opt[str | None, typer.Option(help="run the run's kept adapters (--keep-adapters) over this base model "
+                                            "(bundled name or directory) instead of its merged model")] = None,
 ) -> None:
     """Predict for inputs given as arguments or in a file (classification: label and probabilities; pairs: scores
     or labels; NER: entity spans; QA: the answer to --question in --context, or question/context columns of
     --input; text2text: generated text)."""
     predictor, run_cfg = _saved_run(run, {"data.text_column": text_column})
+    if base is not None:
+        from transferlab.deploy.adapters import MultiAdapterPredictor
+
+        predictor = MultiAdapterPredictor(base, {"run": run})["run"]
     task = predictor.task
     if (question or context is not None) and "question" not in task.input_fields:
         raise UserError(f"predict --question/--context needs a QA model, but {predictor.model_dir} holds a "
