@@ -197,7 +197,10 @@ def test_a_plan_with_adapters_resumes_mid_phase_to_the_same_weights(tmp_path):
     assert histories[0] == histories[1]
 
 
-def test_plan_shows_adapters_and_where_the_cache_still_applies(tmp_path, transferlab_cli, capsys):
+def test_plan_shows_adapters_and_where_the_cache_still_applies(tmp_path, transferlab_cli, capsys, monkeypatch):
+    from transferlab.commands import run as run_commands
+
+    monkeypatch.setattr(run_commands.console, "width", 250)
     assert transferlab_cli("plan", "--strategy", "lora") == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "layer.0-5.attention.adapter @ 5e-04, head @ 1e-03" in out

@@ -232,7 +232,9 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
     *parents, leaf = key.strip().split(".")
     node = data
     for part in parents:
-        node = node.setdefault(part, {})
+        if node.get(part) is None:  # an optional section left out (strategy.lora: null) starts empty
+            node[part] = {}
+        node = node[part]
         if not isinstance(node, dict):
             raise UserError(f"Override '{assignment}': '{part}' is not a section.", "Check the field path.")
     node[leaf] = yaml.safe_load(raw)
