@@ -11,6 +11,7 @@ other base weights (checksum) is refused.
 from __future__ import annotations
 
 import threading
+import warnings
 from pathlib import Path
 
 import torch
@@ -59,7 +60,9 @@ class AdapterPredictor(Predictor):
         self.active = [name] if lora is not None else []
         if lora is not None:
             lora_state = {k.removeprefix(BACKBONE): v for k, v in state.items() if "lora_" in k}
-            inject_adapter_in_model(lora, shared, adapter_name=name, state_dict=lora_state)
+            with warnings.catch_warnings():  # several adapters in one model is the point here
+                warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+                inject_adapter_in_model(lora, shared, adapter_name=name, state_dict=lora_state)
             set_peft_model_state_dict(shared, lora_state, adapter_name=name)
         self.model = self._task_model({k: v for k, v in state.items() if "lora_" not in k})
 
