@@ -49,7 +49,7 @@ def cache_point(model: nn.Module, groups: LayerGroups, learning: Iterable[str]) 
     learning = list(learning)
     # the frozen bottom must be adapter-free: virtual tokens change the length of the sequence the cached levels
     # see, and a plan adds adapters for them to learn, not to be frozen into a cache
-    first = min(groups[g].level for g in learning)
+    first = min((groups[g].level for g in learning), default=0)
     if any(g.kind == "adapter" and g.level < first for g in groups):
         return None
     lowest = min((groups[g].level for g in learning if groups[g].kind != "head"), default=None)
