@@ -66,6 +66,24 @@ class PhaseConfig(ConfigSection):
     schedule: Literal["linear", "cosine", "constant"] | None = Field(None, description="None = training.schedule")
 
 
+class LoraOptions(ConfigSection):
+    """LoRA adapters (peft): low-rank updates beside the frozen weights of the layers of the `target` kinds."""
+
+    rank: int = Field(8, ge=1, description="rank of each update (the `lora:R` name sets it too)")
+    alpha: float | None = Field(None, gt=0, description="scale numerator (update x alpha / rank); None = 2 x rank")
+    dropout: float = Field(0.1, ge=0, lt=1, description="dropout on the adapters' input")
+    target: list[str] = Field(["attention"], min_length=1,
+                              description="kinds of layer groups whose linear layers get adapters: attention, ffn")
+    layers: int | None = Field(None, ge=1, description="adapt only the top N levels; None = every level")
+
+
+class PromptOptions(ConfigSection):
+    """Prompt tuning: trainable virtual tokens before every input."""
+
+    tokens: int = Field(20, ge=1, description="virtual tokens (the `prompt-tuning:N` name sets it too)")
+    init: Literal["vocab", "random"] = Field("vocab", description="vocab = embeddings of random vocabulary words")
+
+
 class StrategyConfig(ConfigSection):
     name: str = Field("freeze-attention", description="a named strategy (see `transferlab plan`) or 'custom'")
     lr: float | None = Field(None, gt=0, description="base lr; None = the strategy's default")
@@ -79,6 +97,10 @@ class StrategyConfig(ConfigSection):
     phase_lrs: list[PositiveFloat] | None = Field(
         None, description="progressive/gradual: lr of each phase (the last repeats); None = head_lr, then lr")
     phases: list[PhaseConfig] | None = Field(None, description="the phases of a custom plan")
+    lora: LoraOptions | None = Field(None, description="LoRA options; given with a custom plan, adds the adapters")
+    prompt: PromptOptions | None = Field(None, description="prompt-tuning options; given with a custom plan, adds "
+                                                           "the virtual tokens")
+    keep_adapters: bool = Field(False, description="also save the adapters and head alone (peft format) in adapter/")
 
     @model_validator(mode="after")
     def _phases_mean_custom(self) -> StrategyConfig:
@@ -212,7 +234,9 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
     *parents, leaf = key.strip().split(".")
     node = data
     for part in parents:
-        node = node.setdefault(part, {})
+        if node.get(part) is None:  # an optional section left out (strategy.lora: null) starts empty
+            node[part] = {}
+        node = node[part]
         if not isinstance(node, dict):
             raise UserError(f"Override '{assignment}': '{part}' is not a section.", "Check the field path.")
     node[leaf] = _parse_yaml(raw, f"Override '{assignment}': the value {raw!r}",

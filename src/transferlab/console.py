@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
+from transferlab.backbones.groups import LayerGroups
 from transferlab.strategies.plan import ResolvedPhase
 
 
@@ -16,12 +17,13 @@ def _ranges(indices: list[int]) -> str:
     return ",".join(spans)
 
 
-def compact_groups(lrs: dict[str, float]) -> str:
-    """`embeddings @ 2e-05, layer.0-5 @ 2e-05, head @ 1e-03`: per-layer groups with one lr merged."""
+def _spans(lrs: dict[str, float]) -> list[tuple[str, float, list[str]]]:
+    """(label, lr, group names) with per-layer groups of one lr merged: `layer.0-5` (attention and ffn alike),
+    `layer.0-5.attention.adapter`, `head`."""
     merged: dict[tuple, list[int]] = {}
     for group, lr in lrs.items():
-        parts = group.split(".")
-        if len(parts) == 3 and parts[1].isdigit():
+        parts = group.split(".", 2)
+        if len(parts) == 3 and parts[1].isdigit():  # layer.3.ffn, layer.3.attention.adapter, layer.3.ffn@bias
             merged.setdefault((parts[0], parts[2], lr), []).append(int(parts[1]))
         else:
             merged[(group, None, lr)] = []
@@ -31,15 +33,31 @@ def compact_groups(lrs: dict[str, float]) -> str:
         if (prefix, part, lr) in done:
             continue
         if part is None:
-            out.append(f"{prefix} @ {lr:.0e}")
+            out.append((prefix, lr, [prefix]))
             continue
         twin = (prefix, "ffn" if part == "attention" else "attention", lr)
         if merged.get(twin) == idx:
             done.add(twin)
-            out.append(f"{prefix}.{_ranges(idx)} @ {lr:.0e}")
+            out.append((f"{prefix}.{_ranges(idx)}", lr, [f"{prefix}.{i}.{p}" for i in idx for p in (part, twin[1])]))
         else:
-            out.append(f"{prefix}.{_ranges(idx)}.{part} @ {lr:.0e}")
-    return ", ".join(out)
+            out.append((f"{prefix}.{_ranges(idx)}.{part}", lr, [f"{prefix}.{i}.{part}" for i in idx]))
+    return out
+
+
+def compact_groups(lrs: dict[str, float]) -> str:
+    """`embeddings @ 2e-05, layer.0-5 @ 2e-05, head @ 1e-03`: per-layer groups with one lr merged."""
+    return ", ".join(f"{label} @ {lr:.0e}" for label, lr, _ in _spans(lrs))
+
+
+def adapter_summary(groups: LayerGroups) -> str | None:
+    """`adapters: layer.0-5.attention.adapter 147,456 params (0.64% of 22,861,442)`; None without adapters."""
+    adapters = {g.name: 0.0 for g in groups if g.kind == "adapter"}
+    if not adapters:
+        return None
+    sizes = [(label, sum(groups.size(n) for n in names)) for label, _, names in _spans(adapters)]
+    total = sum(size for _, size in sizes)
+    return (f"adapters: {', '.join(f'{label} {size:,} params' for label, size in sizes)} "
+            f"({100 * total / groups.total:.2f}% of {groups.total:,})")
 
 
 def plan_table(phases: list[ResolvedPhase], title: str) -> Table:

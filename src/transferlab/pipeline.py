@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -26,7 +27,9 @@ from transferlab.data.hf_datasets import default_splits
 from transferlab.errors import UserError
 from transferlab.evaluation.plots import plot_all
 from transferlab.evaluation.report import write_report
+from transferlab.models.adapters import merge_lora
 from transferlab.models.build import randomize_backbone
+from transferlab.strategies.adapters import add_adapters, check_keep_adapters, keep_adapters, needs_adapters
 from transferlab.strategies.named import plan_for_config
 from transferlab.strategies.plan import ResolvedPhase
 from transferlab.tasks import task_class
@@ -65,9 +68,20 @@ def prepare_run(cfg: RunConfig, data: RunData | None = None) -> PreparedRun:
     model = task.build_model(backbone, cfg.model)
     if cfg.model.init == "random":
         randomize_backbone(model, task.backbone_prefix)
-    groups = task.layer_groups(model)
+    groups = add_adapters(cfg, backbone, model, task.layer_groups(model), task.layer_groups)
     phases = plan_for_config(cfg, groups).resolve(groups)
+    check_keep_adapters(cfg, groups, phases)
     return PreparedRun(model, backbone, task, groups, phases, data)
+
+
+def strategy_groups(cfg: RunConfig, prep: PreparedRun, strategy: str) -> LayerGroups:
+    """The layer groups a model built for `strategy` has: `prep`'s, or those of a copy with the adapters the
+    strategy adds (what compare and search compile each candidate strategy against)."""
+    other = cfg.model_copy(update={"strategy": cfg.strategy.model_copy(update={"name": strategy})})
+    if not needs_adapters(other):
+        return prep.groups
+    model = copy.deepcopy(prep.model)
+    return add_adapters(other, prep.backbone, model, prep.task.layer_groups(model), prep.task.layer_groups)
 
 
 def augment_train(cfg: RunConfig, task: Task | type[Task], frame: pd.DataFrame) -> pd.DataFrame:
@@ -155,6 +169,8 @@ def train_run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, sho
         "warnings": doctor.finish(trainer.history, train_metrics, metrics, trainer.metric),
     }
     if accelerator.is_main_process:
+        if cfg.strategy.keep_adapters:
+            keep_adapters(cfg, prep.backbone, prep.model, prep.groups, run_dir / "adapter")
         save_model(prep, run_dir / "model")
         (run_dir / "metrics.json").write_text(json.dumps(metrics_doc, indent=2))
         (run_dir / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in trainer.history))
@@ -175,7 +191,9 @@ def score_train_sample(cfg: RunConfig, prep: PreparedRun, trainer: Trainer) -> t
 
 
 def save_model(prep: PreparedRun, model_dir: Path) -> None:
-    """The trained model as its task saves it (Hugging Face format and the backbone's processor)."""
+    """The trained model as its task saves it (Hugging Face format and the backbone's processor), LoRA adapters
+    merged into the weights they adapt first: an ordinary model, with no adapter cost at inference."""
+    merge_lora(prep.model)
     prep.task.save_model(prep.model, model_dir)
 
 

@@ -20,6 +20,10 @@ KINDS = ("embeddings", "stem", "attention", "cross-attention", "ffn", "block", "
 STACKS = ("encoder", "decoder")  # a decoder's levels sit above every encoder level
 # Parameters that adapter libraries (peft) add inside a module they wrap: `query.lora_A.default.weight`.
 ADAPTER_PART = re.compile(r"\.(lora_[A-Za-z_]+|lora_magnitude_vector)\.")
+# Prompt tuning's virtual tokens (`prompt_encoder.embedding.weight` on the task model): an input-level adapter.
+PROMPT = re.compile(r"^prompt_encoder\.")
+# Parameter selectors a group name may carry after '@' (`layer.3.ffn@bias`): a slice of a group, not a kind.
+SELECTORS = {"bias": lambda name: name.endswith("bias")}
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,9 @@ class GroupRule:
     def __post_init__(self) -> None:
         if self.kind not in KINDS or self.level not in ("index", "input", "top"):
             raise ValueError(f"bad group rule {self}")
+
+
+PROMPT_RULE = GroupRule(PROMPT.pattern, "prompt", "adapter", level="input")
 
 
 @dataclass
@@ -72,9 +79,10 @@ class LayerGroups:
         return iter(self.groups)
 
     def __getitem__(self, name: str) -> LayerGroup:
+        base, _, selector = name.partition("@")
         for group in self.groups:
-            if group.name == name:
-                return group
+            if group.name == base:
+                return group if not selector else select(group, selector)
         raise KeyError(name)
 
     @property
@@ -134,6 +142,13 @@ class LayerGroups:
                             "Choose a strategy that fits the architecture, e.g. freeze-bottom:N, progressive or llrd.")
 
 
+def select(group: LayerGroup, selector: str) -> LayerGroup:
+    """The part of a group whose parameter names a selector keeps (`@bias`: its biases), named `<group>@<selector>`."""
+    keep = SELECTORS[selector]
+    return LayerGroup(f"{group.name}@{selector}", group.level, group.kind, group.stack, group.unit,
+                      [(n, p) for n, p in group.params if keep(n)])
+
+
 def _sort_key(group: LayerGroup) -> tuple:
     return group.kind == "head", group.level, KINDS.index(group.kind), group.name
 
@@ -143,24 +158,27 @@ def split_groups(named_params: Iterable[tuple[str, nn.Parameter]], rules: list[G
     """Place every parameter: names under `prefix` by the first matching rule, every other one in `head`.
 
     A parameter an adapter added (LoRA) goes to `<group>.adapter`, kind adapter, at the level of the module it
-    adapts, so plans can schedule adapters apart from the frozen weights beside them."""
+    adapts, so plans can schedule adapters apart from the frozen weights beside them; prompt tuning's virtual
+    tokens go to `prompt`, an adapter at the input level."""
     compiled = [(re.compile(r.pattern), r) for r in rules]
     placed: dict[str, tuple[GroupRule | None, tuple[str, ...], bool, list]] = {}
     unmatched = []
     for name, param in named_params:
-        if not name.startswith(prefix):
+        if PROMPT.match(name):
+            placed.setdefault("prompt", (PROMPT_RULE, (), True, []))[3].append((name, param))
+        elif not name.startswith(prefix):
             placed.setdefault("head", (None, (), False, []))[3].append((name, param))
-            continue
-        inner = name[len(prefix):]
-        adapter = bool(ADAPTER_PART.search(inner))
-        for regex, rule in compiled:
-            match = regex.match(inner)
-            if match:
-                key = rule.name.format(*match.groups()) + (".adapter" if adapter else "")
-                placed.setdefault(key, (rule, match.groups(), adapter, []))[3].append((name, param))
-                break
         else:
-            unmatched.append(inner)
+            inner = name[len(prefix):]
+            adapter = bool(ADAPTER_PART.search(inner))
+            for regex, rule in compiled:
+                match = regex.match(inner)
+                if match:
+                    key = rule.name.format(*match.groups()) + (".adapter" if adapter else "")
+                    placed.setdefault(key, (rule, match.groups(), adapter, []))[3].append((name, param))
+                    break
+            else:
+                unmatched.append(inner)
     if unmatched:
         raise UserError(f"Could not place {len(unmatched)} parameters of the '{architecture}' backbone in a layer "
                         f"group (e.g. {', '.join(unmatched[:4])}).", "This architecture variant is not supported yet.")

@@ -22,6 +22,7 @@ FLAG_FIELDS = {
     "epochs": "training.epochs", "batch_size": "training.batch_size", "max_length": "model.max_length",
     "pooling": "model.pooling", "eval_every": "training.eval_every", "patience": "training.early_stopping_patience",
     "seed": "seed", "name": "name", "output": "output_dir", "crf": "ner.crf", "task": "task",
+    "keep_adapters": "strategy.keep_adapters",
 }
 
 Opt = Annotated

@@ -10,7 +10,7 @@ import typer
 
 from transferlab.commands.common import FLAG_FIELDS, Opt, console, print_warnings, resolve_config
 from transferlab.config import RunConfig
-from transferlab.console import metrics_table, plan_table
+from transferlab.console import adapter_summary, metrics_table, plan_table
 from transferlab.data.sources import refuse_blank_texts
 from transferlab.deploy.predictor import Predictor
 from transferlab.errors import UserError
@@ -76,6 +76,8 @@ def train(
     overwrite: Opt[bool, typer.Option(help="replace an existing run of the same name")] = False,
     folds: Opt[int | None, typer.Option(help="stratified k-fold cross-validation: one run per fold, mean ± std "
                                              "per metric (cv.json)")] = None,
+    keep_adapters: Opt[bool | None, typer.Option("--keep-adapters/--no-keep-adapters", help="also save the "
+                                                 "adapters and head alone (peft format) in RUN/adapter/")] = None,
 ) -> None:
     """Fine-tune a pretrained model on labelled data with a transfer-learning strategy."""
     flags = {k: v for k, v in locals().items() if k in FLAG_FIELDS}
@@ -130,6 +132,9 @@ def plan(
     cfg = resolve_config(config, flags, set_ or [])
     prep = prepare_run(cfg)
     console.print(plan_table(prep.phases, f"plan: {cfg.strategy.name} on {cfg.model.name}"))
+    adapters = adapter_summary(prep.groups)
+    if adapters:
+        console.print(adapters)
     for i, phase in enumerate(prep.phases):
         point = cache_point(prep.model, prep.groups, phase.lrs) if cfg.training.feature_cache else None
         if point is not None:
@@ -180,11 +185,17 @@ def predict(
     output: Opt[Path | None, typer.Option(help="write predictions to .csv, .jsonl, .json or .parquet")] = None,
     question: Opt[list[str] | None, typer.Option(help="QA models: a question about --context (repeatable)")] = None,
     context: Opt[str | None, typer.Option(help="QA models: the text the answers are taken from")] = None,
+    base: Opt[str | None, typer.Option(help="run the run's kept adapters (--keep-adapters) over this base model "
+                                            "(bundled name or directory) instead of its merged model")] = None,
 ) -> None:
     """Predict for inputs given as arguments or in a file (classification: label and probabilities; pairs: scores
     or labels; NER: entity spans; QA: the answer to --question in --context, or question/context columns of
     --input; text2text: generated text)."""
     predictor, run_cfg = _saved_run(run, {"data.text_column": text_column})
+    if base is not None:
+        from transferlab.deploy.adapters import MultiAdapterPredictor
+
+        predictor = MultiAdapterPredictor(base, {"run": run})["run"]
     task = predictor.task
     if (question or context is not None) and "question" not in task.input_fields:
         raise UserError(f"predict --question/--context needs a QA model, but {predictor.model_dir} holds a "

@@ -24,14 +24,21 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from transferlab.backbones.groups import LayerGroups
 from transferlab.config import RunConfig, build_config
 from transferlab.data.augment import AugmentConfig
 from transferlab.errors import UserError
 from transferlab.evaluation.metrics import headline_metric
 from transferlab.evaluation.report import write_compare_report
 from transferlab.lab.cross_validation import aggregate_metrics, drop_checkpoints, summarize
-from transferlab.pipeline import check_run_dir, load_run_data, make_accelerator, prepare_run, train_run
+from transferlab.pipeline import (
+    PreparedRun,
+    check_run_dir,
+    load_run_data,
+    make_accelerator,
+    prepare_run,
+    strategy_groups,
+    train_run,
+)
 from transferlab.strategies.named import build_plan, strategy_options
 from transferlab.strategies.plan import ResolvedPhase
 from transferlab.tasks.base import RunData
@@ -134,12 +141,17 @@ def _release_free_heap() -> None:
         pass  # not glibc: the baseline simply includes what the allocator kept
 
 
-def compile_strategies(cfg: RunConfig, groups: LayerGroups,
+def compile_strategies(cfg: RunConfig, prep: PreparedRun,
                        strategies: Sequence[str]) -> dict[str, list[ResolvedPhase]]:
-    """Each strategy's plan for the model's layer groups, built before any training so a bad name fails at once."""
+    """Each strategy's plan for the model's layer groups (with the adapters it adds), built before any training
+    so a bad name fails at once."""
     if not strategies:
         raise UserError("No strategy given.", "Pass --strategies with a comma-separated list, e.g. full,llrd.")
-    return {s: build_plan(s, groups, strategy_options(cfg)).resolve(groups) for s in strategies}
+    plans = {}
+    for s in strategies:
+        groups = strategy_groups(cfg, prep, s)
+        plans[s] = build_plan(s, groups, strategy_options(cfg)).resolve(groups)
+    return plans
 
 
 def variant_config(cfg: RunConfig, variant: Variant, seed: int, out_dir: Path, augment: AugmentConfig) -> RunConfig:
@@ -179,7 +191,7 @@ def run_compare(cfg: RunConfig, strategies: Sequence[str], seeds: int = 1, inits
         raise UserError(f"--seeds {seeds}: at least one seed is needed.", "Pass --seeds 1 or more.")
     base_data = load_run_data(cfg)
     check_train_sizes(train_sizes, len(base_data.train))
-    plans = compile_strategies(cfg, prepare_run(cfg, base_data).groups, strategies)
+    plans = compile_strategies(cfg, prepare_run(cfg, base_data), strategies)
     out_dir = check_run_dir(cfg, resume=False, overwrite=overwrite, accelerator=make_accelerator())
     augment = cfg.augment if cfg.augment.enabled else DEFAULT_AUGMENT
     flags = (False, True) if with_augment else (cfg.augment.enabled,)

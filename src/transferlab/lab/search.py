@@ -234,7 +234,7 @@ def run_search(cfg: RunConfig, space: dict[str, Spec], trials: int, timeout: flo
     base = config_for(cfg.model_dump(mode="json"), fixed, origin).model_dump(mode="json")
     data = load_run_data(cfg)
     prep = prepare_run(cfg, data)
-    compile_strategies(cfg, prep.groups, space.get("strategy", [cfg.strategy.name]))
+    compile_strategies(cfg, prep, space.get("strategy", [cfg.strategy.name]))
     metric = cfg.training.metric or prep.task.metric
     maximize = metric != "loss" and prep.task.greater_is_better
     del prep  # its model is only needed for the check above: free it before the trials build their own

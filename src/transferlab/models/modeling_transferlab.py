@@ -36,6 +36,7 @@ class TransferlabConfig(PretrainedConfig):
         head_hidden_size: int | None = None,
         head_activation: str = "tanh",
         head_dropout: float = 0.1,
+        prompt_tokens: int = 0,
         **kwargs,
     ):
         self.backbone = backbone or {}
@@ -44,6 +45,7 @@ class TransferlabConfig(PretrainedConfig):
         self.head_hidden_size = head_hidden_size
         self.head_activation = head_activation
         self.head_dropout = head_dropout
+        self.prompt_tokens = prompt_tokens  # trainable virtual tokens before every input (prompt tuning)
         super().__init__(**kwargs)
 
     def backbone_config(self) -> PretrainedConfig:
@@ -119,10 +121,23 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str) -> torch.
     return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
 
 
+class PromptTokens(nn.Module):
+    """Virtual token embeddings (laid out as peft's PromptEmbedding, which trains them)."""
+
+    def __init__(self, tokens: int, hidden_size: int):
+        super().__init__()
+        self.embedding = nn.Embedding(tokens, hidden_size)
+
+
 class TransferlabPreTrainedModel(PreTrainedModel):
     config_class = TransferlabConfig
     base_model_prefix = "backbone"
     supports_gradient_checkpointing = True
+
+    def post_init(self) -> None:
+        if getattr(self.config, "prompt_tokens", 0):
+            self.prompt_encoder = PromptTokens(self.config.prompt_tokens, self.config.hidden_size)
+        super().post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, nn.Linear):
@@ -141,7 +156,23 @@ class TransferlabPreTrainedModel(PreTrainedModel):
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:  # models without segments (RoBERTa, DistilBERT) reject the argument
             kwargs["token_type_ids"] = token_type_ids
-        return self.backbone(**kwargs), attention_mask
+        prompt = getattr(self, "prompt_encoder", None)
+        if prompt is None:
+            return self.backbone(**kwargs), attention_mask
+        out = self.backbone(**self._with_prompt(prompt.embedding.weight, **kwargs))
+        # the virtual tokens only steer the real ones: heads read the positions of the input
+        out.last_hidden_state = out.last_hidden_state[:, prompt.embedding.num_embeddings:]
+        return out, attention_mask
+
+    def _with_prompt(self, prompt: torch.Tensor, input_ids, attention_mask, token_type_ids=None) -> dict:
+        """Backbone inputs with the virtual tokens first: embeddings, attention mask and segments extended."""
+        batch, n = input_ids.shape[0], prompt.shape[0]
+        words = self.backbone.get_input_embeddings()(input_ids)
+        kwargs = {"inputs_embeds": torch.cat([prompt.to(words.dtype).expand(batch, -1, -1), words], dim=1),
+                  "attention_mask": torch.cat([attention_mask.new_ones(batch, n), attention_mask], dim=1)}
+        if token_type_ids is not None:
+            kwargs["token_type_ids"] = torch.cat([token_type_ids.new_zeros(batch, n), token_type_ids], dim=1)
+        return kwargs
 
 
 class SequenceHead(nn.Module):

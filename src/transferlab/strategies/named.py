@@ -16,6 +16,8 @@ from transferlab.errors import UserError
 from transferlab.strategies.plan import Phase, Plan
 
 HEAD_LR = 1e-3  # a new, randomly initialised head needs a far higher lr than the pretrained body below it
+# new, small parameter sets tolerate (and need) far higher rates than pretrained weights
+LORA_LR, BITFIT_LR, PROMPT_LR = 5e-4, 1e-3, 3e-2
 FASTAI_DECAY = 1 / 2.6  # fastai / ULMFiT: each layer group down gets the lr divided by 2.6
 DECAY_PRESETS = {"fastai": FASTAI_DECAY}
 
@@ -65,6 +67,19 @@ def _int_arg(strategy: str, arg: str | None, default: int | None) -> int | None:
     except ValueError as err:
         raise UserError(f"Strategy '{strategy}:{arg}': '{arg}' is not a whole number.",
                         f"Write it as {strategy}:2 (a layer count).") from err
+
+
+COUNTS = {"lora": "the LoRA rank", "prompt-tuning": "the number of virtual tokens"}
+
+
+def count_arg(strategy: str, arg: str | None) -> int | None:
+    """The count after `lora:` or `prompt-tuning:` (a whole number >= 1), or None when the name has none."""
+    if arg is None:
+        return None
+    if not arg.isdigit() or int(arg) < 1:
+        raise UserError(f"Strategy '{strategy}:{arg}': {COUNTS[strategy]} must be a whole number of at least 1.",
+                        f"Write e.g. {strategy}:{8 if strategy == 'lora' else 20}.")
+    return int(arg)
 
 
 def parse_decay(value: str | float, where: str) -> float:
@@ -143,6 +158,36 @@ def llrd(groups: LayerGroups, opts: StrategyOptions, arg: str | None) -> list[Ph
     return _one_phase(f"llrd x{decay:.3g}", lrs, opts)
 
 
+# ---- parameter-efficient strategies ---------------------------------------------------------------
+def lora(groups: LayerGroups, opts: StrategyOptions, arg: str | None) -> list[Phase]:
+    """LoRA: the adapters the model carries (strategies/adapters.py adds them) and the head learn."""
+    rank = count_arg("lora", arg)
+    groups.require_kind("adapter", "lora")
+    adapters = [g for g in groups.of_kind("adapter") if g != "prompt"]
+    name = f"lora r{rank} + head" if rank else "lora + head"
+    return _one_phase(name, _body_and_head(groups, adapters, opts.lr or LORA_LR, opts), opts)
+
+
+def bitfit(groups: LayerGroups, opts: StrategyOptions, arg: str | None) -> list[Phase]:
+    """BitFit: only the biases of the body (every `<group>@bias`) and the whole head learn."""
+    _no_arg("bitfit", arg)
+    biases = [f"{g.name}@bias" for g in groups if g.kind != "head" and groups[f"{g.name}@bias"].params]
+    if not biases:
+        raise UserError("Strategy 'bitfit' trains bias terms, but this model's layers have none (e.g. T5).",
+                        "Use lora or freeze-attention with this model.")
+    return _one_phase("biases + head", _body_and_head(groups, biases, opts.lr or BITFIT_LR, opts), opts)
+
+
+def prompt_tuning(groups: LayerGroups, opts: StrategyOptions, arg: str | None) -> list[Phase]:
+    """Prompt tuning: the virtual tokens (strategies/adapters.py adds them) and the head learn."""
+    tokens = count_arg("prompt-tuning", arg)
+    if "prompt" not in groups.names:
+        raise UserError("Strategy 'prompt-tuning' trains virtual tokens, but this model carries none.",
+                        "Build the model with the prompt-tuning strategy (transferlab train/plan add them).")
+    name = f"{tokens} virtual tokens + head" if tokens else "virtual tokens + head"
+    return _one_phase(name, _body_and_head(groups, ["prompt"], opts.lr or PROMPT_LR, opts), opts)
+
+
 # ---- multi-phase strategies -----------------------------------------------------------------------
 def _unfreezing(groups: LayerGroups, opts: StrategyOptions, arg: str | None, strategy: str,
                 decay: float | None) -> list[Phase]:
@@ -208,11 +253,14 @@ STRATEGIES: dict[str, Strategy] = {
     "llrd": llrd,
     "discriminative": llrd,
     "gradual": gradual,
+    "lora": lora,
+    "bitfit": bitfit,
+    "prompt-tuning": prompt_tuning,
     "custom": custom,
 }
 USAGE = {"freeze-bottom": "freeze-bottom:N", "progressive": "progressive[:DEPTH]", "gradual": "gradual[:DEPTH]",
-         "llrd": "llrd[:DECAY|fastai]", "discriminative": "discriminative[:DECAY|fastai]",
-         "custom": "custom (phases from the config)"}
+         "llrd": "llrd[:DECAY|fastai]", "discriminative": "discriminative[:DECAY|fastai]", "lora": "lora[:RANK]",
+         "prompt-tuning": "prompt-tuning[:TOKENS]", "custom": "custom (phases from the config)"}
 
 
 def strategy_usage() -> str:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, Field
 
-from transferlab.backbones.groups import LayerGroups
+from transferlab.backbones.groups import SELECTORS, LayerGroups
 from transferlab.errors import UserError
 
 SCHEDULES = ("linear", "cosine", "constant")
@@ -75,15 +75,35 @@ class Plan:
                         "Learning rates must be > 0; leave a group out of the phase to freeze it.")
                 for group in expand_pattern(pattern, groups):
                     lrs[group] = lr
-            ordered = {g: lrs[g] for g in groups.names if g in lrs}
+            _no_overlap(lrs, self.strategy, index)
+            ordered = dict(sorted(lrs.items(), key=lambda item: groups.names.index(item[0].partition("@")[0])))
             trainable = sum(groups.size(g) for g in ordered)
             resolved.append(ResolvedPhase(phase, ordered, trainable, groups.total))
         return resolved
 
 
+def _no_overlap(lrs: dict[str, float], strategy: str, index: int) -> None:
+    """A group and a slice of it (`layer.3.ffn` and `layer.3.ffn@bias`) in one phase would train a parameter twice."""
+    both = sorted(g for g in lrs if "@" in g and g.partition("@")[0] in lrs)
+    if both:
+        raise UserError(f"Phase {index + 1} of '{strategy}' names both '{both[0].partition('@')[0]}' and "
+                        f"'{both[0]}'.", "Name either the whole group or its slice (e.g. only @bias), not both.")
+
+
 def expand_pattern(pattern: str, groups: LayerGroups) -> list[str]:
     """Groups matched by `pattern`: exact name, prefix (`layer.3`), range (`layer.2-5.ffn`), glob (`layer.*`) or
-    kind (`kind:adapter`)."""
+    kind (`kind:adapter`); a `@bias` suffix keeps only the biases of each matched group (groups without any drop
+    out)."""
+    base, at, selector = pattern.partition("@")
+    if at:
+        if selector not in SELECTORS:
+            raise UserError(f"Group pattern '{pattern}' has unknown selector '@{selector}'.",
+                            f"Selectors: {', '.join('@' + s for s in SELECTORS)} (e.g. layer.*@bias).")
+        matched = [f"{g}@{selector}" for g in expand_pattern(base, groups) if groups[f"{g}@{selector}"].params]
+        if not matched:
+            raise UserError(f"Group pattern '{pattern}' matches no parameter of this model (no group matched by "
+                            f"'{base}' has any).", "Drop the pattern or choose groups that have such parameters.")
+        return matched
     names = groups.names
     if pattern.startswith("kind:"):
         matched = groups.of_kind(pattern[len("kind:"):])

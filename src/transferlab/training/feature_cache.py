@@ -46,6 +46,12 @@ def cache_point(model: nn.Module, groups: LayerGroups, learning: Iterable[str]) 
     """Where a phase that trains the `learning` groups can start from cached outputs; None if it cannot."""
     if not all(hasattr(model, attr) for attr in ("features", "pool_output", "backbone")):
         return None  # only models with one pooled vector per example have a cacheable bottom
+    learning = list(learning)
+    # the frozen bottom must be adapter-free: virtual tokens change the length of the sequence the cached levels
+    # see, and a plan adds adapters for them to learn, not to be frozen into a cache
+    first = min((groups[g].level for g in learning), default=0)
+    if any(g.kind == "adapter" and g.level < first for g in groups):
+        return None
     lowest = min((groups[g].level for g in learning if groups[g].kind != "head"), default=None)
     if lowest is None:
         return CachePoint(None)

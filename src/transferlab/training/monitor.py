@@ -16,14 +16,16 @@ class WeightChange:
     def __init__(self, groups: LayerGroups, training: Iterable[str]):
         self.groups = groups
         training = set(training)
-        self.start = {g.name: [p.detach().to("cpu", torch.float32, copy=True) for _, p in g.params]
-                      for g in groups if g.name in training}
+        # groups bottom to top, then the slices of groups that train (`layer.3.ffn@bias`)
+        self.names = groups.names + sorted(training - set(groups.names))
+        self.start = {name: [p.detach().to("cpu", torch.float32, copy=True) for _, p in groups[name].params]
+                      for name in self.names if name in training}
 
     @torch.no_grad()
     def measure(self) -> dict[str, float]:
         """Relative change of every group, bottom to top."""
         change = {}
-        for group in self.groups.names:
+        for group in self.names:
             start = self.start.get(group)
             if start is None:
                 change[group] = 0.0
