@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import httpx
 import pytest
 import torch
 from conftest import tiny_config
@@ -111,6 +112,29 @@ def test_several_adapters_are_served_over_one_base_model(lora_runs):
     assert multi.predict(texts[:2], model="b")[0]["label"] in ("negative", "positive")
     with pytest.raises(UserError, match="No model named 'c'"):
         multi.predict(texts, model="c")
+
+
+def test_the_service_routes_each_request_to_the_adapter_it_names(lora_runs):
+    from serve_helpers import ServerThread
+
+    from transferlab.deploy.served_model import ModelSpec, ServedModel
+    from transferlab.deploy.service import create_app
+    from transferlab.deploy.workers import InProcessRunner
+
+    a, b, _ = lora_runs
+    served = ServedModel(ModelSpec("minilm", adapters=(("a", str(a)), ("b", str(b)))))
+    texts = reviews()[:3]
+    with ServerThread(create_app(InProcessRunner(served))) as server:
+        for name, run in (("b", b), ("a", a)):
+            response = httpx.post(f"{server.url}/predict", json={"text": texts, "model": name}, timeout=120)
+            assert response.status_code == 200, response.text
+            expected = Predictor(run).predict(texts)
+            got = response.json()["predictions"]
+            assert [p["label"] for p in got] == [p["label"] for p in expected]
+            assert max(abs(g["score"] - e["score"]) for g, e in zip(got, expected, strict=True)) < 1e-4
+        assert httpx.post(f"{server.url}/predict", json={"text": "x", "model": "c"}).status_code == 422
+        assert httpx.post(f"{server.url}/predict", json={"text": "x"}).status_code == 422  # which model?
+        assert set(httpx.get(f"{server.url}/metadata").json()["models"]) == {"a", "b"}
 
 
 def test_adapters_onto_another_base_model_are_refused(lora_runs, tmp_path, transferlab_cli, capsys):

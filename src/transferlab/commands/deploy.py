@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from transferlab.deploy.artifacts import Variant, model_dir_of, require_run_dir
+from transferlab.errors import UserError
 
 console = Console()
 Opt = Annotated
@@ -167,6 +168,9 @@ def serve(
     max_items: Opt[int, typer.Option(help="most inputs in one request", min=1)] = 64,
     max_chars: Opt[int, typer.Option(help="longest value of any input field, in characters")] = 10_000,
     max_body_kb: Opt[int, typer.Option(help="largest request body, in KiB")] = 1024,
+    adapter: Opt[list[str] | None, typer.Option(help="serve the adapter of a run trained with --keep-adapters "
+                                                      "over MODEL (its base model): NAME=RUN, repeatable; a "
+                                                      "request's `model` field picks one")] = None,
     token: Opt[str | None, typer.Option(envvar="TRANSFERLAB_TOKEN", show_default=False,
                                         help="require 'Authorization: Bearer TOKEN' on every endpoint but "
                                              "/health (prefer the env var: a flag shows in `ps`)")] = None,
@@ -181,7 +185,7 @@ def serve(
 
     if threads is None and workers:  # one core stays with the HTTP process
         threads = max(1, ((os.cpu_count() or 1) - 1) // workers)
-    spec = ModelSpec(str(model), backend, int8, threads, precision, forward_batch)
+    spec = ModelSpec(str(model), backend, int8, threads, precision, forward_batch, parse_adapters(adapter or []))
     limits = Limits(max_items=max_items, max_chars=max_chars, max_body_bytes=max_body_kb * 1024,
                     max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue, timeout_s=timeout_s)
     with console.status(f"loading the model in {workers or 'this'} process{'es' if workers > 1 else ''}"):
@@ -193,6 +197,18 @@ def serve(
         run_server(runner, host, port, limits, token)
     finally:  # the workers ignore SIGTERM (see workers.py): they stop when their pipe closes
         runner.close()
+
+
+def parse_adapters(items: list[str]) -> tuple[tuple[str, str], ...]:
+    """`--adapter NAME=RUN` options as (name, run) pairs."""
+    pairs = []
+    for item in items:
+        name, sep, run = item.partition("=")
+        if not sep or not name or not run:
+            raise UserError(f"--adapter '{item}' is not of the form NAME=RUN.",
+                            "Write e.g. --adapter reviews=runs/lora-reviews (repeat it for each adapter).")
+        pairs.append((name, run))
+    return tuple(pairs)
 
 
 def register(app: typer.Typer) -> None:

@@ -22,6 +22,7 @@ class ModelSpec:
     threads: int | None = None
     precision: str = "auto"
     forward_batch: int | None = None  # None: FORWARD_BATCH of the backend
+    adapters: tuple[tuple[str, str], ...] = ()  # (name, run) pairs: `path` is then their base model
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class ModelInfo:
     task: str
     inputs: list[str]
     metadata: dict
+    models: tuple[str, ...] = ()  # the adapters a request chooses from with its `model` field (none: one model)
 
 
 class ServedModel:
@@ -43,11 +45,30 @@ class ServedModel:
         from transferlab.deploy.predictor import Predictor
 
         forward_batch = spec.forward_batch or FORWARD_BATCH[spec.backend]
+        if spec.adapters:
+            from transferlab.deploy.adapters import MultiAdapterPredictor
+
+            self.multi = MultiAdapterPredictor(spec.path, dict(spec.adapters), batch_size=forward_batch)
+            names = tuple(name for name, _ in spec.adapters)
+            first = self.multi[names[0]].metadata()
+            metadata = {**first, "models": {name: self.multi[name].metadata() for name in names}}
+            self.info = ModelInfo(first["task"], list(first["inputs"]), metadata, names)
+            return
+        self.multi = None
         self.predictor = Predictor(spec.path, spec.backend, spec.int8, batch_size=forward_batch,
                                    threads=spec.threads, precision=spec.precision, spin_wait=False)
         metadata = self.predictor.metadata()
         self.info = ModelInfo(task=metadata["task"], inputs=list(metadata["inputs"]), metadata=metadata)
 
     def predict(self, rows: list[dict]) -> list[dict]:
-        """Predictions for rows such as {"text": ...} or {"text": ..., "text_pair": ...}, in order."""
-        return self.predictor.predict(rows)
+        """Predictions for rows such as {"text": ...} or {"text": ..., "text_pair": ...}, in order; over several
+        adapters, each row's `model` field names the one that answers it."""
+        if self.multi is None:
+            return self.predictor.predict(rows)
+        out: list[dict | None] = [None] * len(rows)
+        for name in dict.fromkeys(row["model"] for row in rows):
+            index = [i for i, row in enumerate(rows) if row["model"] == name]
+            picked = [{k: v for k, v in rows[i].items() if k != "model"} for i in index]
+            for i, prediction in zip(index, self.multi.predict(picked, model=name), strict=True):
+                out[i] = prediction
+        return out

@@ -15,7 +15,7 @@ import sys
 import time
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
-from typing import Annotated
+from typing import Annotated, Literal
 
 import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Response
@@ -44,11 +44,14 @@ class Limits:
     timeout_s: float = 10.0  # a request not answered by then: 504
 
 
-def request_model(inputs: list[str]) -> type[BaseModel]:
+def request_model(inputs: list[str], models: tuple[str, ...] = ()) -> type[BaseModel]:
     """The /predict body of a model whose input rows have the fields `inputs`: each field one value, or a list
-    of values (one per input); a field the model does not read is refused."""
+    of values (one per input); a field the model does not read is refused. Over several adapters, `model`
+    names the one that answers."""
     fields = {name: (str | list[str], Field(description=f"the {name} of one input, or a list of them"))
               for name in inputs}
+    if models:
+        fields["model"] = (Literal[models], Field(description=f"which model answers: {', '.join(models)}"))
     return create_model("PredictRequest", __config__=ConfigDict(extra="forbid"), **fields)
 
 
@@ -143,7 +146,7 @@ def create_app(runner: ModelRunner, limits: Limits = Limits(), token: str | None
                   description=f"A {info.task} model; each input has the fields {', '.join(info.inputs)}. "
                               "Labels, backbone and limits at /metadata.")
     guarded = [Depends(token_guard(token))] if token else []
-    request_body = request_model(info.inputs)
+    request_body = request_model(info.inputs, info.models)
 
     @app.post("/predict", summary="Predictions for one input or a list of inputs", dependencies=guarded,
               responses={401: {"description": "missing or wrong bearer token"},
@@ -154,6 +157,8 @@ def create_app(runner: ModelRunner, limits: Limits = Limits(), token: str | None
     async def predict(request: request_body) -> Response:
         try:
             rows = request_rows(request, info.inputs, limits)
+            if info.models:
+                rows = [{**row, "model": request.model} for row in rows]
         except ValueError as err:
             raise HTTPException(422, str(err)) from err
         batcher: MicroBatcher = state["batcher"]
