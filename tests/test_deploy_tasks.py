@@ -53,7 +53,10 @@ def test_a_crf_tagger_exports_and_decodes_outside_the_graph(ner_run, fmt):
     assert exported.predict(SENTENCES) == eager.predict(SENTENCES)
 
 
-def test_a_qa_model_exports_int8_and_answers_over_windows(ner_run, qa_run, transferlab_cli, capsys):
+def test_a_qa_model_exports_int8_and_answers_over_windows(qa_run, transferlab_cli, capsys, monkeypatch):
+    from transferlab.commands import deploy
+
+    monkeypatch.setattr(deploy.console, "width", 200)
     rows = [{"question": "Who plays Rio?", "context": CONTEXT}, {"question": "When?", "context": CONTEXT}]
     export = export_model(qa_run, "onnx")
     assert export.max_abs_diff <= PARITY_TOLERANCE
@@ -73,7 +76,7 @@ def test_benchmark_and_pruning_report_the_tasks_own_metric(ner_run):
     assert Predictor(pruned.model_dir).predict(SENTENCES[:1])[0]["entities"] is not None
 
 
-def test_text_to_text_generates_on_torch_and_refuses_a_graph_export(tmp_path, transferlab_cli, capsys):
+def test_text_to_text_generates_on_torch_and_refuses_a_graph_export(tmp_path, transferlab_cli, capsys, monkeypatch):
     assert transferlab_cli("train", "--config", ROOT / "examples" / "text2text.yaml", "--output", tmp_path,
                            "--name", "t2t", "--max-length", "32", "--set", "text2text.max_target_length=6",
                            "--set", "training.precision=fp32", *TINY) == 0
@@ -83,6 +86,10 @@ def test_text_to_text_generates_on_torch_and_refuses_a_graph_export(tmp_path, tr
     assert isinstance(fp32[0]["generated"], str) and isinstance(int8[0]["generated"], str)
     with pytest.raises(UserError, match="token by token"):
         export_model(run, "onnx")
+    from transferlab.commands import deploy
+
+    monkeypatch.setattr(deploy.console, "width", 200)  # the table whole, not folded
+    capsys.readouterr()
     assert transferlab_cli("quantize", run, "--backend", "torch", "--eval-limit", "2") == 0
     out = capsys.readouterr().out
     assert "torch int8" in out and "rougeL" in out
