@@ -5,6 +5,7 @@ from collections import Counter
 from pathlib import Path
 from random import Random
 
+import pandas as pd
 import pydantic
 import pytest
 
@@ -96,3 +97,33 @@ def test_missing_wordnet_is_a_user_error_naming_the_package(monkeypatch, tmp_pat
 def test_config_rejects_bad_values(bad):
     with pytest.raises(pydantic.ValidationError):
         AugmentConfig(**bad)
+
+
+def test_synonyms_keep_the_meaning():
+    """Only the word's usual part of speech and most common sense, only words in use, inflected like the word."""
+    assert set(augment.synonyms("story")) == {"narrative", "tale"}  # never "tarradiddle" (a fib)
+    assert augment.synonyms("loved") == ()  # an inflected verb: never "be intimate"
+    assert set(augment.synonyms("movies")) == {"films", "pictures"}  # plural kept
+    assert augment.synonyms("spare") == ()  # verb or adjective: no tagger to tell, so left alone
+    assert augment.synonyms("men") == ()  # an irregular plural of "man"
+
+
+def test_training_log_shows_augmented_examples(caplog):
+    from transferlab.config import DEFAULT_AUGMENT, build_config
+    from transferlab.pipeline import augment_train
+    from transferlab.tasks.classification import ClassificationTask
+
+    cfg = build_config({"augment": DEFAULT_AUGMENT.model_dump()})
+    frame = pd.DataFrame({"text": TEXTS, "label": ["pos", "neg", "neg"]})
+    with caplog.at_level("INFO", logger="transferlab"):
+        out = augment_train(cfg, ClassificationTask, frame)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0] == "augmentation: 3 training examples -> 6, e.g.:"
+    assert lines[1:] == [f"  {a!r} -> {b!r}" for a, b in zip(TEXTS, out["text"][3:], strict=True)]
+
+
+def test_parts_of_compounds_are_never_replaced():
+    text = "A self-expression of Scott's story."
+    outs = {augment_text(text, AugmentConfig(synonym=1.0), Random(seed)) for seed in range(5)}
+    assert all(out.startswith("A self-expression of Scott's ") for out in outs)
+    assert {out.removeprefix("A self-expression of Scott's ") for out in outs} <= {"narrative.", "tale."}

@@ -8,9 +8,10 @@ import sys
 import pandas as pd
 import pytest
 from conftest import tiny_config
+from rich.console import Console
 
 from transferlab.cli import main
-from transferlab.commands.lab import parse_inits, parse_train_sizes
+from transferlab.commands.lab import compare_table, parse_inits, parse_train_sizes
 from transferlab.config import build_config
 from transferlab.data.augment import AugmentConfig
 from transferlab.errors import UserError
@@ -103,7 +104,7 @@ def test_real_comparison_writes_table_json_csv_plots_and_report(tmp_path):
     out = tmp_path / "cmp"
     assert {p.name for p in result.files} == {"compare.json", "compare.csv", "report.html", "accuracy_vs_time.png"}
     doc = json.loads((out / "compare.json").read_text())
-    assert len(doc["runs"]) == 2 and len(doc["rows"]) == 2 and doc["metrics"] == ["accuracy", "f1"]
+    assert len(doc["runs"]) == 2 and len(doc["rows"]) == 2 and doc["metrics"] == ["accuracy", "f1", "roc_auc"]
     first = doc["rows"][0]
     assert (first["strategy"], first["train_size"], first["seeds"]) == ("feature-extraction", 40, 1)
     assert first["accuracy"] == doc["runs"][0]["eval"]["accuracy"]
@@ -112,9 +113,16 @@ def test_real_comparison_writes_table_json_csv_plots_and_report(tmp_path):
     assert all(r["peak_memory_mb"] > 100 and r["train_time_s"] > 0 for r in doc["rows"])
     assert (out / "freeze-bottom-5-seed7" / "metrics.json").is_file()
     assert not (out / "freeze-bottom-5-seed7" / "checkpoints").exists()
-    assert len(pd.read_csv(out / "compare.csv")) == 2
+    # one seed has no spread: n/a everywhere, never 0.0
+    assert first["accuracy_std"] is None and first["roc_auc"] == doc["runs"][0]["eval"]["roc_auc"]
+    csv = pd.read_csv(out / "compare.csv", keep_default_na=False)
+    assert len(csv) == 2 and set(csv["accuracy_std"]) == {"n/a"}
     report = (out / "report.html").read_text()
-    assert "freeze-bottom:5" in report and "accuracy std" in report
+    assert "freeze-bottom:5" in report and "accuracy std" in report and "roc_auc" in report and "n/a" in report
+    console = Console(width=300, record=True)
+    console.print(compare_table(result, "compare"))
+    table = console.export_text()
+    assert "roc_auc (mean ± std)" in table and "± n/a" in table and "± 0.0000" not in table
 
 
 def test_cli_train_size_above_the_data_exits_2(tmp_path, monkeypatch, capsys):

@@ -47,15 +47,25 @@ def test_full_finetuning_is_embeddings_and_every_layer():
     assert not doctor.is_full_finetuning({g: 3e-5 for g in NAMES if g != "embeddings"}, GROUPS)
 
 
-def test_high_lr_warns_only_in_full_finetuning():
+def test_high_lr_warns_for_any_pretrained_layer():
     hot = {**FULL, "layer.1.ffn": 5e-4}
-    found = doctor.check_full_lr([phase(hot)], GROUPS, CFG)
-    assert codes(found) == ["lr-too-high-full-finetuning"]
-    assert "lr 0.0005" in found[0].message
+    found = doctor.check_pretrained_lr([phase(hot)], GROUPS, CFG)
+    assert codes(found) == ["lr-too-high"]
+    assert "whole model" in found[0].message and "lr 5.0e-04" in found[0].message
     assert "--lr" in found[0].fix
-    # the same lr with the embeddings frozen is not full fine-tuning; a high head lr alone is fine
-    assert doctor.check_full_lr([phase({g: 5e-4 for g in NAMES if g != "embeddings"})], GROUPS, CFG) == []
-    assert doctor.check_full_lr([phase({**FULL, "head": 1e-3})], GROUPS, CFG) == []
+    # only part of the body learning too fast is caught too, named with its share of the parameters
+    partial = doctor.check_pretrained_lr([phase({"layer.1.ffn": 1e-2, "head": 1e-3})], GROUPS, CFG)
+    assert codes(partial) == ["lr-too-high"] and "layer.1.ffn @ 1.0e-02" in partial[0].message
+    # a high lr for a new head alone is fine
+    assert doctor.check_pretrained_lr([phase({**FULL, "head": 1e-3})], GROUPS, CFG) == []
+    assert doctor.check_pretrained_lr([phase({"head": 1e-2})], GROUPS, CFG) == []
+
+
+def test_high_lr_of_a_pretrained_head_is_caught():
+    """An encoder-decoder whose tied embeddings sit in its (pretrained) head: that head at lr 1e-2 is a warning."""
+    t5 = LayerGroups([LayerGroup("layer.0.attention", 1, "attention", "encoder", "layer.0"),
+                      LayerGroup("head", 2, "head", "head", "head")], new_head=False)
+    assert codes(doctor.check_pretrained_lr([phase({"head": 1e-2})], t5, CFG)) == ["lr-too-high"]
 
 
 def test_small_dataset_with_full_finetuning():
@@ -65,12 +75,63 @@ def test_small_dataset_with_full_finetuning():
 
 
 def test_too_few_epochs_for_the_data_size_names_the_epochs_needed():
-    training = TrainingConfig(batch_size=16)
-    found = doctor.check_short_training(120, training, [phase({"head": 1e-3}, epochs=1)], CFG)
+    found = doctor.check_short_training(8, [phase({"head": 1e-3}, epochs=1)], CFG, "120 training examples")
     assert codes(found) == ["too-few-epochs"]
     assert "--epochs 7" in found[0].fix  # 8 updates per epoch, 50 wanted
-    assert doctor.check_short_training(120, training, [phase({"head": 1e-3}, epochs=7)], CFG) == []
-    assert doctor.check_short_training(10_000, training, [phase({"head": 1e-3}, epochs=1)], CFG) == []
+    assert doctor.check_short_training(8, [phase({"head": 1e-3}, epochs=7)], CFG, "") == []
+    assert doctor.check_short_training(600, [phase({"head": 1e-3}, epochs=1)], CFG, "") == []
+
+
+class _Accelerator:
+    num_processes = 2
+
+
+class _Encoded:
+    frame = [None] * 40  # 40 questions ...
+    features = [None] * 90  # ... in 90 document windows
+
+
+class _StartingTrainer:
+    """What the doctor reads when training starts: the encoded set, the processes, the update count."""
+
+    train_set, accelerator, history = _Encoded(), _Accelerator(), []
+
+    def updates_per_epoch(self) -> int:
+        return 3  # ceil(ceil(90 / 16) / 2 processes)
+
+
+def test_update_count_is_what_runs_and_is_logged_once(caplog):
+    with caplog.at_level(logging.WARNING, logger="transferlab"):
+        for main in (True, False):  # the main process and another one of the same run
+            watcher = Doctor(CFG, [phase({"head": 1e-3}, epochs=1)], GROUPS, 40, TrainingConfig(batch_size=16),
+                             main_process=main)
+            watcher.on_fit_start(_StartingTrainer())
+    lines = [r.getMessage() for r in caplog.records if "too-few-epochs" in r.getMessage()]
+    assert len(lines) == 1
+    assert "40 training examples (90 encoded features" in lines[0] and "on 2 processes give 3 optimizer" in lines[0]
+
+
+def test_collapsed_model():
+    collapsed = {"confusion_matrix": [[0, 45], [0, 55]], "per_class": {"neg": {}, "pos": {}}, "roc_auc": 0.51}
+    found = doctor.check_collapse(collapsed, CFG)
+    assert codes(found) == ["collapsed-model"]
+    assert "'pos' for 100%" in found[0].message and "55%" in found[0].message and "ROC-AUC 0.51" in found[0].message
+    assert doctor.check_collapse({"confusion_matrix": [[40, 5], [10, 45]]}, CFG) == []
+    assert doctor.check_collapse({"spearman": 0.1}, CFG) == []
+
+
+def test_restored_phase_is_said_in_words():
+    class State:
+        best_phase, best_metric, best_step = 0, 0.71, 4
+
+    plan = [ResolvedPhase(Phase(name="head", lrs={"head": 1e-3}), {"head": 1e-3}, 1, 2),
+            ResolvedPhase(Phase(name="+ layer.1", lrs={"head": 1e-4}), {"head": 1e-4}, 1, 2)]
+    found = doctor.check_restored_phase(State(), plan, 1, "accuracy", restore_best=True)
+    assert codes(found) == ["best-weights-from-earlier-phase"]
+    assert "phase 1 (head) of 2" in found[0].message and "phase 2 (+ layer.1) learned is discarded" in \
+        found[0].message
+    assert doctor.check_restored_phase(State(), plan, 1, "accuracy", restore_best=False) == []
+    assert doctor.check_restored_phase(State(), plan, 0, "accuracy", restore_best=True) == []
 
 
 def test_rising_training_loss():
@@ -110,6 +171,25 @@ def test_train_eval_gap_above_the_limit():
     assert doctor.check_gap({"mse": 0.1}, {"mse": 0.9}, "mse", CFG) == []  # not a 0-1 score
 
 
+def test_no_memorising_at_chance_level():
+    """An STS run with Spearman 0.03 (train) against -0.17 (eval) memorises nothing: neither is above chance."""
+    assert doctor.check_gap({"spearman": 0.03}, {"spearman": -0.17}, "spearman", CFG) == []
+    # accuracy at the majority share of the training sample is chance too
+    majority = {"accuracy": 0.7, "confusion_matrix": [[0, 30], [0, 70]]}
+    assert doctor.check_gap(majority, {"accuracy": 0.5}, "accuracy", CFG) == []
+
+
+def test_advice_fits_the_plan():
+    head_only = [phase({"head": 1e-3})]
+    assert doctor.train_fewer_parameters(head_only, GROUPS) == ""
+    assert "feature-extraction" in doctor.train_fewer_parameters([phase({"layer.1.ffn": 1e-4, "head": 1e-3})],
+                                                                 GROUPS)
+    watcher = Doctor(CFG, head_only, GROUPS, 10_000, TrainingConfig(), augment="on")
+    (gap,) = watcher.finish([], {"accuracy": 0.99}, {"accuracy": 0.7}, "accuracy")
+    assert "feature-extraction" not in gap["fix"] and "freeze" not in gap["fix"]
+    assert "--augment" not in gap["fix"] and "--dropout 0.3" in gap["fix"]
+
+
 class _Trainer:
     def __init__(self):
         self.history: list[dict] = []
@@ -131,6 +211,7 @@ def test_doctor_warns_live_once_per_code_and_collects_everything(caplog):
 
 def test_disabled_doctor_says_nothing():
     quiet = Doctor(DoctorConfig(enabled=False), [phase({**FULL, "layer.0.ffn": 1e-3})], GROUPS, 10, TrainingConfig())
+    quiet.on_fit_start(_StartingTrainer())
     assert quiet.finish(train_records([0.1, 0.5, 0.9, 2.0]), {"accuracy": 1.0}, {"accuracy": 0.1}, "accuracy") == []
 
 

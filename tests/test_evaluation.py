@@ -142,7 +142,7 @@ def test_phases_marked_and_groups_ordered_bottom_to_top():
     history = synthetic_history()
     fig = plots._learning_curves_figure(history, "accuracy")
     texts = [t.get_text() for t in fig.axes[0].texts]
-    assert texts == ["phase 0", "phase 1"]
+    assert texts == ["phase 1", "phase 2"]  # numbered like the plan
     assert "eval accuracy" in legend_labels(fig)
     # the history lists the head first (unfrozen first); the chart still goes embeddings -> head
     bars = plots._weight_change_figure(history).axes[0]
@@ -203,7 +203,7 @@ def test_write_report(tmp_path):
     assert len(re.findall(r'<img src="data:image/png;base64,[A-Za-z0-9+/=]{100,}"', page)) == 5
     assert "<script" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "W001" in page and "add more examples" in page
-    assert "Best eval accuracy" in page and "at step 40 (phase 1)" in page
+    assert "Best eval accuracy" in page and "at step 40 (phase 2)" in page
     assert "2.13.0" in page and "12.3 s" in page
     assert '<div class="label">best_step</div><div class="value">40</div>' in page  # any other key shows too
     assert '<div class="label">eval accuracy</div>' in page

@@ -16,7 +16,7 @@ LAYERS = [
     ("tasks",),
     ("strategies",),
     ("training",),
-    ("evaluation.plots", "evaluation.report", "pipeline"),
+    ("evaluation.plots", "evaluation.report", "evaluation.card", "pipeline"),
     ("lab", "deploy"),
     ("console", "commands", "cli"),
 ]

@@ -156,7 +156,7 @@ def test_plan_command_prints_phases_and_cache(cli, tmp_path, monkeypatch):
     monkeypatch.setattr(run_commands.console, "width", 250)
     result = CliRunner().invoke(cli, ["plan", "--strategy", "progressive:2", "--epochs", "3"])
     assert result.exit_code == 0, result.output
-    for text in ("1 head", "head @ 1e-03", "2 + layer.5", "layer.5 @ 1e-04", "3 + layer.4", "layer.4-5 @ 1e-04",
+    for text in ("1 head", "head @ 1.0e-03", "2 + layer.5", "layer.5 @ 1.0e-04", "3 + layer.4", "layer.4-5 @ 1.0e-04",
                  "0.65%", "phase 1: frozen-feature cache: pooled features",
                  "phase 3: frozen-feature cache: hidden states after layer.3"):
         assert text in result.output
@@ -164,6 +164,6 @@ def test_plan_command_prints_phases_and_cache(cli, tmp_path, monkeypatch):
     path.write_text(yaml.safe_dump({"strategy": {"phases": [{"name": "ffn top", "lrs": {"layer.5.ffn": 2e-5}}]}}))
     result = CliRunner().invoke(cli, ["plan", "--config", str(path)])
     assert result.exit_code == 0, result.output
-    assert "plan: custom" in result.output and "layer.5.ffn @ 2e-05" in result.output
+    assert "plan: custom" in result.output and "layer.5.ffn @ 2.0e-05" in result.output
     result = CliRunner().invoke(cli, ["plan", "--strategy", "nope"])
     assert isinstance(result.exception, UserError) and "progressive" in str(result.exception)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
-from rich.console import Console
 
+from transferlab.console import make_console
 from transferlab.errors import UserError
 
 app = typer.Typer(
@@ -25,11 +26,15 @@ def _register_commands() -> None:
 
 
 def quiet_libraries() -> None:
-    """Library progress bars and warnings would drown our own output."""
-    import transformers
+    """Library progress bars and warnings would drown our own output. Set through the environment, which
+    transformers reads when (and if) a command imports it, so that start-up does not pay for that import."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:  # already imported (an in-process caller): tell it directly
+        import transformers
 
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
+        transformers.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
 
 
 def show_logs() -> None:
@@ -51,7 +56,7 @@ def main() -> None:
     try:
         app()
     except UserError as err:
-        Console(stderr=True, soft_wrap=True).print(f"[bold red]Error:[/] {err}", highlight=False)
+        make_console(stderr=True).print(f"[bold red]Error:[/] {err}", highlight=False, soft_wrap=True)
         sys.exit(2)
 
 

@@ -33,6 +33,10 @@ class AugmentConfig(BaseModel):
         return self.copies > 0 and any((self.synonym, self.dropout, self.swap, self.shuffle))
 
 
+#: What `train --augment` and `compare --augment` use when the config's augment section sets no rate.
+DEFAULT_AUGMENT = AugmentConfig(synonym=0.1, swap=0.1, dropout=0.1, copies=1)
+
+
 class ModelConfig(ConfigSection):
     name: str = Field("minilm", description="'minilm' (bundled) or a local Hugging Face model directory")
     pooling: Literal["mean", "cls", "pooler", "max"] | None = Field(
@@ -40,6 +44,8 @@ class ModelConfig(ConfigSection):
     head_hidden_size: int | None = Field(None, ge=0, description="dense layer size; None = hidden size, 0 = none")
     head_activation: Literal["tanh", "gelu", "relu", "identity"] = "tanh"
     head_dropout: float = Field(0.1, ge=0, lt=1)
+    backbone_dropout: float | None = Field(
+        None, ge=0, lt=1, description="every dropout rate inside the pretrained backbone; None = the backbone's own")
     max_length: int = Field(128, ge=8, le=4096)
     init: Literal["pretrained", "random"] = Field(
         "pretrained", description="random = same architecture with fresh weights (the from-scratch baseline)")
@@ -137,8 +143,11 @@ class DoctorConfig(ConfigSection):
     """Thresholds of the pitfall guards that watch a run (see training/doctor.py)."""
 
     enabled: bool = True
-    max_full_lr: float = Field(1e-4, gt=0, description="highest safe lr when embeddings and all layers train")
+    max_pretrained_lr: float = Field(1e-4, gt=0, description="highest safe lr of pretrained layers")
     max_gap: float = Field(0.15, ge=0, le=1, description="largest acceptable train - eval metric gap")
+    chance_margin: float = Field(0.05, ge=0, le=1, description="a train score this close to chance is no memorising")
+    collapse_share: float = Field(0.95, gt=0.5, le=1, description="share of eval predictions in one class that "
+                                  "counts as a collapsed model")
     small_data: int = Field(500, ge=0, description="train examples below which full fine-tuning overfits")
     min_updates: int = Field(50, ge=0, description="optimizer updates below which a run is too short")
     rise_tolerance: float = Field(0.1, ge=0, description="relative rise of a loss that counts as rising")

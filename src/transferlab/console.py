@@ -1,11 +1,27 @@
-"""Rich renderings shared by the commands: the plan table and the metrics table."""
+"""Rich renderings shared by the commands: the console, the plan table and the metrics table."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from rich.console import Console
 from rich.table import Table
 
-from transferlab.backbones.groups import LayerGroups
-from transferlab.strategies.plan import ResolvedPhase
+from transferlab.strategies.describe import format_lr
+
+if TYPE_CHECKING:
+    from transferlab.backbones.groups import LayerGroups
+    from transferlab.strategies.plan import ResolvedPhase
+
+# Piped or redirected output has no terminal width: rich would cut tables at 80 columns. Lines are as wide as
+# their content instead (up to this many characters).
+PIPED_WIDTH = 1000
+
+
+def make_console(stderr: bool = False) -> Console:
+    """The terminal's width on a terminal; no 80-column cut when the output goes to a pipe or a file."""
+    probe = Console(stderr=stderr)
+    return probe if probe.is_terminal else Console(stderr=stderr, width=PIPED_WIDTH)
 
 
 def _ranges(indices: list[int]) -> str:
@@ -44,11 +60,6 @@ def _spans(lrs: dict[str, float]) -> list[tuple[str, float, list[str]]]:
     return out
 
 
-def compact_groups(lrs: dict[str, float]) -> str:
-    """`embeddings @ 2e-05, layer.0-5 @ 2e-05, head @ 1e-03`: per-layer groups with one lr merged."""
-    return ", ".join(f"{label} @ {lr:.0e}" for label, lr, _ in _spans(lrs))
-
-
 def adapter_summary(groups: LayerGroups) -> str | None:
     """`adapters: layer.0-5.attention.adapter 147,456 params (0.64% of 22,861,442)`; None without adapters."""
     adapters = {g.name: 0.0 for g in groups if g.kind == "adapter"}
@@ -66,8 +77,9 @@ def plan_table(phases: list[ResolvedPhase], title: str) -> Table:
     for col in ("phase", "epochs", "schedule", "learns (group @ lr)", "trainable", "ratio"):
         table.add_column(col, overflow="fold")
     for i, p in enumerate(phases):
+        learns = p.learns or ", ".join(f"{g} @ {format_lr(lr)}" for g, lr in p.lrs.items())
         table.add_row(f"{i + 1} {p.phase.name}", f"{p.phase.epochs:g}",
-                      f"{p.phase.schedule}, warmup {p.phase.warmup:g}", compact_groups(p.lrs),
+                      f"{p.phase.schedule}, warmup {p.phase.warmup:g}", learns,
                       f"{p.trainable_params:,} / {p.total_params:,}", f"{100 * p.trainable_ratio:.2f}%")
     return table
 

@@ -25,6 +25,7 @@ from transferlab.config import RunConfig, save_yaml
 from transferlab.data.augment import augment_texts
 from transferlab.data.hf_datasets import default_splits
 from transferlab.errors import UserError
+from transferlab.evaluation.card import write_card
 from transferlab.evaluation.plots import plot_all
 from transferlab.evaluation.report import write_report
 from transferlab.models.adapters import merge_lora
@@ -39,6 +40,8 @@ from transferlab.training.trackers import Trackers
 from transferlab.training.trainer import Trainer
 
 log = logging.getLogger("transferlab")
+SHOWN_AUGMENTED = 3  # augmented examples written to the log beside their originals
+
 
 
 def load_run_data(cfg: RunConfig) -> RunData:
@@ -97,7 +100,9 @@ def augment_train(cfg: RunConfig, task: Task | type[Task], frame: pd.DataFrame) 
     texts, rows = augment_texts(frame["text"].tolist(), list(range(len(frame))), cfg.augment, cfg.seed)
     augmented = frame.iloc[rows].reset_index(drop=True)
     augmented["text"] = texts
-    log.info("augmentation: %d training examples -> %d", len(frame), len(augmented))
+    log.info("augmentation: %d training examples -> %d, e.g.:", len(frame), len(augmented))
+    for i in range(len(frame), min(len(frame) + SHOWN_AUGMENTED, len(texts))):  # what the model will really read
+        log.info("  %r -> %r", frame["text"].iloc[rows[i]], texts[i])
     return augmented
 
 
@@ -143,7 +148,9 @@ def train_run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, sho
         save_yaml(cfg, run_dir / "config.yaml")
     train_frame = augment_train(cfg, prep.task, prep.data.train)
     train_set = prep.task.encoded(train_frame)
-    doctor = Doctor(cfg.doctor, prep.phases, prep.groups, len(prep.data.train), cfg.training)
+    augment = "on" if cfg.augment.enabled else "available" if prep.task.augmentable else "not applicable"
+    doctor = Doctor(cfg.doctor, prep.phases, prep.groups, len(prep.data.train), cfg.training, augment,
+                    main_process=accelerator.is_main_process)
     eval_set = prep.task.encoded(prep.data.eval)
     if cfg.training.report_to:
         plan = [p.summary(i) for i, p in enumerate(prep.phases)]
@@ -163,7 +170,7 @@ def train_run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, sho
         "train_samples_per_s": round(state.samples / max(state.train_time_s, 1e-9), 2),
         "steps": state.global_step, "best_step": state.best_step, "stopped_early": state.stopped_early,
         "precision": str(trainer.amp_dtype or "fp32").replace("torch.", ""),
-        "seed": cfg.seed, "versions": versions(), "state": asdict(state),
+        "seed": cfg.seed, "versions": versions(), "hardware": hardware(accelerator), "state": asdict(state),
         "train_subset": {"examples": train_scored,
                          **{k: v for k, v in train_metrics.items() if isinstance(v, int | float)}},
         "warnings": doctor.finish(trainer.history, train_metrics, metrics, trainer.metric),
@@ -176,6 +183,7 @@ def train_run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, sho
         (run_dir / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in trainer.history))
         plot_all(run_dir, trainer.history, metrics, prep.data.labels)
         write_report(run_dir)
+        write_card(run_dir)
     accelerator.wait_for_everyone()
     return metrics_doc
 
@@ -195,6 +203,20 @@ def save_model(prep: PreparedRun, model_dir: Path) -> None:
     merged into the weights they adapt first: an ordinary model, with no adapter cost at inference."""
     merge_lora(prep.model)
     prep.task.save_model(prep.model, model_dir)
+
+
+def hardware(accelerator: Accelerator) -> dict:
+    """What the run trained on (model cards show it): the device, its name, processes, cores and threads."""
+    device = accelerator.device
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        cpuinfo = Path("/proc/cpuinfo")
+        models = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                  if line.startswith("model name")] if cpuinfo.is_file() else []
+        name = models[0] if models else platform.processor() or platform.machine()
+    return {"device": device.type, "name": name, "processes": accelerator.num_processes,
+            "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads()}
 
 
 def versions() -> dict[str, str]:

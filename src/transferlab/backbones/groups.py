@@ -10,10 +10,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from transferlab.errors import UserError
+
+if TYPE_CHECKING:  # the strategies read this module at CLI start-up: no model library on that path
+    from torch import nn
 
 # Kinds in the order a level lists them (bottom to top inside one level).
 KINDS = ("embeddings", "stem", "attention", "cross-attention", "ffn", "block", "norm", "pooler", "adapter", "head")

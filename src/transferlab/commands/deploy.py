@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from transferlab.deploy.artifacts import Variant, model_dir_of, require_run_dir
+from transferlab.commands.common import Opt, console
 from transferlab.errors import UserError
 
-console = Console()
-Opt = Annotated
+if TYPE_CHECKING:  # torch loads inside the commands that use it: `--help` answers at once
+    from transferlab.deploy.artifacts import Variant
 RunArg = Opt[Path, typer.Argument(help="run directory (or model directory)")]
 
 
+def _with_spread(value: str, spread: float | None) -> str:
+    return value if spread is None else f"{value} ±{100 * spread:.0f}%"
+
+
 def measurement_table(rows: list, title: str, baseline: float | None = None) -> Table:
-    """Size, latency, throughput and eval score of measured variants (Δ in points against `baseline`)."""
+    """Size, latency, throughput (medians of repeats, ± their spread) and eval score of measured variants (Δ in
+    points against `baseline`)."""
     table = Table(title=title, title_justify="left")
     metric = rows[0].metric if rows else "score"
     for col in ("variant", "size MB", "p50 ms (b=1)", "p95 ms (b=1)", "examples/s (b=32)", metric):
@@ -26,8 +30,9 @@ def measurement_table(rows: list, title: str, baseline: float | None = None) -> 
     if baseline is not None:
         table.add_column("Δ points", justify="right")
     for r in rows:
-        cells = [r.variant, f"{r.size_mb:.1f}", f"{r.latency_p50_ms:.1f}", f"{r.latency_p95_ms:.1f}",
-                 f"{r.throughput_per_s:.0f}", "-" if r.score is None else f"{r.score:.4f}"]
+        cells = [r.variant, f"{r.size_mb:.1f}", _with_spread(f"{r.latency_p50_ms:.1f}", r.latency_spread),
+                 f"{r.latency_p95_ms:.1f}", _with_spread(f"{r.throughput_per_s:.0f}", r.throughput_spread),
+                 "-" if r.score is None else f"{r.score:.4f}"]
         if baseline is not None:
             cells.append("-" if r.score is None else f"{100 * (r.score - baseline):+.2f}")
         table.add_row(*cells)
@@ -37,15 +42,22 @@ def measurement_table(rows: list, title: str, baseline: float | None = None) -> 
 def compare(variants: list[Variant], run_dir: Path, title: str, repeats: int = 20,
             eval_limit: int | None = None) -> list:
     """Measure a few variants quickly (fewer repeats than `benchmark`) and print them against the first."""
-    from transferlab.deploy.benchmark import Settings, measure
+    from transferlab.deploy.benchmark import Settings, busy_warnings, measure
     from transferlab.deploy.evalset import load_eval_set
 
     evalset = load_eval_set(run_dir, eval_limit)
-    settings = Settings(repeats=repeats, warmup=3, throughput_batches=1, throughput_repeats=1)
+    settings = Settings(repeats=repeats, warmup=3, throughput_batches=1, throughput_repeats=3)
     with console.status("measuring size, latency and accuracy"):
         rows = [measure(v, evalset, settings) for v in variants]
     console.print(measurement_table(rows, f"{title} ({len(evalset):,} eval examples)", rows[0].score))
+    print_busy(busy_warnings(rows, settings.busy_spread))
     return rows
+
+
+def print_busy(lines: list[str]) -> None:
+    """The benchmark's warnings that the machine was busy while it measured."""
+    for line in lines:
+        console.print(f"[yellow]! busy machine[/] {line}", highlight=False)
 
 
 def export(
@@ -68,6 +80,7 @@ def quantize(
     eval_limit: Opt[int | None, typer.Option(help="measure accuracy on the first N eval examples only")] = None,
 ) -> None:
     """Dynamic int8 quantization, with accuracy re-measured on the eval set beside the fp32 model."""
+    from transferlab.deploy.artifacts import Variant, model_dir_of, require_run_dir
     from transferlab.deploy.predictor import load_saved_task
     from transferlab.deploy.quantize import quantize as quantize_model
 
@@ -94,6 +107,7 @@ def prune(
     lr: Opt[float, typer.Option(help="learning rate of the recovery fine-tuning")] = 5e-5,
 ) -> None:
     """Prune a run's model (saved as RUN/pruned-METHOD) and compare size, speed and accuracy."""
+    from transferlab.deploy.artifacts import Variant, require_run_dir
     from transferlab.deploy.prune import prune_run
 
     run_dir = require_run_dir(run, "prune")
@@ -116,6 +130,7 @@ def distill(
     lr: Opt[float, typer.Option()] = 1e-4,
 ) -> None:
     """Distil a run's model into a smaller student (saved as RUN/distilled) and compare it to the teacher."""
+    from transferlab.deploy.artifacts import Variant, require_run_dir
     from transferlab.deploy.distill import distill_run
 
     run_dir = require_run_dir(teacher, "distill")
@@ -126,13 +141,14 @@ def distill(
 
 def benchmark(
     run: RunArg,
-    repeats: Opt[int, typer.Option(help="timed batch-1 calls per variant")] = 100,
+    repeats: Opt[int, typer.Option(help="timed batch-1 calls per variant (in 3 rounds: median and spread)")] = 100,
     warmup: Opt[int, typer.Option(help="untimed calls before measuring")] = 10,
     batches: Opt[int, typer.Option(help="batches of 32 per throughput measure (3 measures)")] = 4,
     threads: Opt[int | None, typer.Option(help="CPU threads for every backend (default: torch's)")] = None,
     eval_limit: Opt[int | None, typer.Option(help="accuracy on the first N eval examples only")] = None,
 ) -> None:
     """Measure every variant of a run (torch, TorchScript, ONNX, int8, pruned, distilled) side by side."""
+    from transferlab.deploy.artifacts import require_run_dir
     from transferlab.deploy.benchmark import Measurement, Settings, benchmark_run
 
     run_dir = require_run_dir(run, "benchmark")
@@ -143,6 +159,7 @@ def benchmark(
     rows = [Measurement(**v) for v in doc["variants"]]
     console.print(measurement_table(rows, f"benchmark of {run_dir} ({doc['eval_examples']:,} eval examples, "
                                           f"{doc['machine']['torch_threads']} threads)", rows[0].score))
+    print_busy(doc["warnings"])
     console.print(f"wrote {run_dir / 'benchmark.json'} and {run_dir / 'plots' / 'benchmark.png'}")
 
 

@@ -101,8 +101,9 @@ def cross_validate_and_show(cfg: RunConfig, folds: int, overwrite: bool) -> dict
 
 # ---- compare ------------------------------------------------------------------------------------------
 def compare_table(result, title: str) -> Table:
-    """strategy | trainable % | metric mean ± std ... | train time | peak memory (+ train examples if varied)."""
-    from transferlab.lab.compare import trainable_text
+    """strategy | trainable % | metric mean ± std ... | train time | peak memory (+ train examples if varied); the
+    spread of a single seed is n/a."""
+    from transferlab.lab.compare import NO_SPREAD, trainable_text
 
     rows = result.rows
     sizes = len({r["train_size"] for r in rows}) > 1
@@ -112,12 +113,13 @@ def compare_table(result, title: str) -> Table:
     if sizes:
         table.add_column("train examples", justify="right")
     for name in result.metrics:
-        table.add_column(f"{name} (mean ± std)" if rows[0]["seeds"] > 1 else name, justify="right")
+        table.add_column(f"{name} (mean ± std)", justify="right")
     table.add_column("train time", justify="right")
     table.add_column("peak memory", justify="right")
     for r in rows:
         cells = [r["variant"], trainable_text(r)] + ([f"{r['train_size']:,}"] if sizes else [])
-        cells += [f"{r[m]:.4f} ± {r[f'{m}_std']:.4f}" if r["seeds"] > 1 else f"{r[m]:.4f}" for m in result.metrics]
+        cells += [f"{r[m]:.4f} ± " + (NO_SPREAD if r[f"{m}_std"] is None else f"{r[f'{m}_std']:.4f}")
+                  for m in result.metrics]
         cells += [f"{r['train_time_s']:.1f}s", f"{r['peak_memory_mb']:,.0f} MB"]
         table.add_row(*cells)
     return table

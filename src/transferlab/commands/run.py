@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
 import typer
 
-from transferlab.commands.common import FLAG_FIELDS, Opt, console, print_warnings, resolve_config
+from transferlab.commands.common import FLAG_FIELDS, Opt, console, print_warnings, resolve_config, with_augment
 from transferlab.config import RunConfig
 from transferlab.console import adapter_summary, metrics_table, plan_table
-from transferlab.data.sources import refuse_blank_texts
-from transferlab.deploy.predictor import Predictor
 from transferlab.errors import UserError
 from transferlab.strategies.named import strategy_usage
+
+if TYPE_CHECKING:  # heavy libraries load inside the commands that use them: `--help` answers at once
+    import pandas as pd
 
 STRATEGY_HELP = strategy_usage().replace(", ", " | ")
 DEMO_REVIEWS = [
@@ -66,6 +67,16 @@ def train(
     pooling: Opt[str | None, typer.Option(help="mean | cls | pooler | max (default: the backbone's own)")] = None,
     task: Opt[str | None, typer.Option(help="classification | tokens | qa | pairs | text2text")] = None,
     crf: Opt[bool | None, typer.Option("--crf/--no-crf", help="tokens: a CRF layer with BIO constraints")] = None,
+    warmup: Opt[float | None, typer.Option(help="fraction of each phase's steps spent warming up (0.06)")] = None,
+    schedule: Opt[str | None, typer.Option(help="lr decay after warmup: linear | cosine | constant")] = None,
+    weight_decay: Opt[float | None, typer.Option(help="AdamW weight decay of weight matrices (0.01)")] = None,
+    grad_accum: Opt[int | None, typer.Option(help="batches per optimizer update (effective batch = batch-size x "
+                                                  "grad-accum)")] = None,
+    dropout: Opt[float | None, typer.Option(help="dropout of the head and every dropout rate inside the backbone "
+                                                 "(default: head 0.1, the backbone's own)")] = None,
+    augment: Opt[bool | None, typer.Option("--augment/--no-augment", help="add an augmented copy of each training "
+                                           "text (synonyms, swaps, dropped words at 0.1; rates in the config's "
+                                           "augment section)")] = None,
     eval_every: Opt[int | None, typer.Option(help="evaluate every N steps (and each epoch)")] = None,
     patience: Opt[int | None, typer.Option(help="early stopping: evaluations without improvement")] = None,
     seed: Opt[int | None, typer.Option()] = None,
@@ -88,7 +99,7 @@ def train(
                             "Pass the --name (and --output) of the interrupted run.")
         cfg = resolve_config(run_dir / "config.yaml", {}, [])
     else:
-        cfg = resolve_config(config, flags, set_ or [])
+        cfg = with_augment(resolve_config(config, flags, set_ or []), augment)
     if folds is not None:
         from transferlab.commands.lab import cross_validate_and_show
 
@@ -109,6 +120,8 @@ def demo(
         base["data"] = {"max_train_examples": 6000, "max_eval_examples": 1000}
     cfg = resolve_config(None, {}, [], base=base)
     _train_and_show(cfg, resume=False, overwrite=True)
+    from transferlab.deploy.predictor import Predictor
+
     console.print("[bold]predictions on new reviews[/]")
     predictions = Predictor(cfg.run_dir).predict([{"text": t} for t in DEMO_REVIEWS])
     for text, pred in zip(DEMO_REVIEWS, predictions, strict=True):
@@ -122,13 +135,16 @@ def plan(
     lr: Opt[float | None, typer.Option(help="base learning rate (default: the strategy's)")] = None,
     head_lr: Opt[float | None, typer.Option()] = None,
     epochs: Opt[float | None, typer.Option(help="total epochs (multi-phase plans split them)")] = None,
+    warmup: Opt[float | None, typer.Option(help="fraction of each phase's steps spent warming up (0.06)")] = None,
+    schedule: Opt[str | None, typer.Option(help="lr decay after warmup: linear | cosine | constant")] = None,
     set_: Opt[list[str] | None, typer.Option("--set", help="any config field: --set strategy.decay=0.9")] = None,
 ) -> None:
     """Print the plan a strategy compiles to (what learns, when, at what lr), without training."""
     from transferlab.pipeline import prepare_run
     from transferlab.training.feature_cache import cache_point
 
-    flags = {"strategy": strategy, "model": model, "lr": lr, "head_lr": head_lr, "epochs": epochs}
+    flags = {"strategy": strategy, "model": model, "lr": lr, "head_lr": head_lr, "epochs": epochs, "warmup": warmup,
+             "schedule": schedule}
     cfg = resolve_config(config, flags, set_ or [])
     prep = prepare_run(cfg)
     console.print(plan_table(prep.phases, f"plan: {cfg.strategy.name} on {cfg.model.name}"))
@@ -144,6 +160,7 @@ def plan(
 def _saved_run(run: Path, columns: dict[str, str | None]):
     """(predictor, run config with the command's column options applied) of a run or model directory."""
     from transferlab.deploy.artifacts import saved_run_config
+    from transferlab.deploy.predictor import Predictor
 
     predictor = Predictor(run)
     doc = saved_run_config(predictor.model_dir).model_dump(mode="json")
@@ -210,6 +227,8 @@ def predict(
 
 def check_inputs(frame: pd.DataFrame, fields: list[str], source: Path | None) -> None:
     """Refuse an empty input text (the service does too): a model would still label it, confidently."""
+    from transferlab.data.sources import refuse_blank_texts
+
     columns = frame.attrs.get("role_columns", {})
     for field in fields:
         where = f"{source}: column {columns.get(field, field)!r}, data row" if source else f"predict: {field} argument"
@@ -234,6 +253,8 @@ def write_predictions(frame: pd.DataFrame, predictions: list[dict], output: Path
     columns = frame.attrs.get("input_columns", list(frame.columns))
     rows = [{**{c: row[c] for c in columns}, **pred} for row, pred in zip(frame.to_dict("records"), predictions,
                                                                           strict=True)]
+    import pandas as pd
+
     if output is None:
         for row, pred in zip(frame.to_dict("records"), predictions, strict=True):
             console.print(line(row, pred), highlight=False, markup=False)  # texts may hold [brackets]
@@ -252,7 +273,16 @@ def write_predictions(frame: pd.DataFrame, predictions: list[dict], output: Path
         table.to_csv(output, index=False) if output.suffix == ".csv" else table.to_parquet(output, index=False)
 
 
+def card(run: Opt[Path, typer.Argument(help="run directory")]) -> None:
+    """(Re)write the model card RUN/model/README.md (Hugging Face format) from the run's files: base model, data,
+    plan, held-out metrics with their spread, time and hardware, limitations, how to reproduce it."""
+    from transferlab.evaluation.card import write_card
+
+    path = write_card(run)
+    console.print(f"wrote [bold]{path}[/]")
+
+
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the CLI."""
-    for command in (demo, train, plan, evaluate, predict):
+    for command in (demo, train, plan, evaluate, predict, card):
         app.command()(command)

@@ -75,15 +75,60 @@ def _wordnet(root: Path) -> WordNetCorpusReader:
         return _WordNetReader(str(root), None)
 
 
-def synonyms(word: str) -> list[str]:
-    """WordNet synonyms of `word` (any part of speech), in WordNet order, without the word itself."""
-    lemmas = (
-        lemma.replace("_", " ")
-        for synset in _wordnet(WORDNET_DIR).synsets(word.lower())
-        for lemma in synset.lemma_names()
-    )
-    # dict.fromkeys dedupes in a stable order; a set would make the rng's choice depend on hash seeds.
-    return [lemma for lemma in dict.fromkeys(lemmas) if lemma.lower() != word.lower()]
+_POS = ("n", "v", "a", "r")  # noun, verb, adjective, adverb (WordNet's adjective satellites count as adjectives)
+DOMINANT_READING = 0.9  # share of a word's tagged uses its usual reading must have for the word to be replaced
+
+
+def _readings(wordnet: WordNetCorpusReader, word: str) -> list[tuple[int, str, str]]:
+    """(uses, part of speech, lemma) of every reading of a word form ("men": the noun men, the noun man), uses
+    counted in WordNet's sense-tagged corpus."""
+    found = []
+    for pos in _POS:
+        for lemma in wordnet._morphy(word, pos):  # every base form, not only the first that morphy() returns
+            uses = sum(own.count() for sense in wordnet.synsets(lemma, pos) for own in sense.lemmas()
+                       if own.name().lower() == lemma)
+            found.append((uses, pos, lemma))
+    return found
+
+
+def _inflect(replacement: str, word: str, lemma: str) -> str | None:
+    """The replacement in the word's form: as is for a base form, plural for a regular plural noun (movies ->
+    films); None for other inflections (loved, acting), which a lemma would break."""
+    if word == lemma:
+        return replacement
+    if word in (lemma + "s", lemma + "es"):
+        return replacement + ("es" if replacement.endswith(("s", "x", "ch", "sh")) else "s")
+    return None
+
+
+def synonyms(word: str) -> tuple[str, ...]:
+    """Synonyms that keep the word's meaning, without a part-of-speech tagger: only for a word with one clearly usual
+    reading (part of speech and lemma, at least DOMINANT_READING of its uses in WordNet's sense-tagged corpus), only
+    from that reading's most common sense (WordNet's first), only single words that are themselves in use (tagged at
+    least once), inflected like the word; in WordNet order, without the word itself. "story" gives narrative, tale
+    (never tarradiddle); "loved" gives nothing (never "be intimate"); "spare" (verb or adjective) nothing."""
+    return _synonyms(word.lower(), WORDNET_DIR)
+
+
+@functools.cache
+def _synonyms(lowered: str, root: Path) -> tuple[str, ...]:
+    wordnet = _wordnet(root)
+    readings = _readings(wordnet, lowered)
+    total = sum(uses for uses, _, _ in readings)
+    if not total:
+        return ()
+    uses, pos, lemma = max(readings)
+    if uses < DOMINANT_READING * total:  # "spare" (verb 17, adjective 4): without a tagger, leave it alone
+        return ()
+    sense = wordnet.synsets(lemma, pos)[0]
+    found = []
+    for candidate in sense.lemmas():
+        name = candidate.name()
+        if candidate.count() > 0 and name.isalpha() and name.lower() != lemma:
+            inflected = _inflect(name.lower() if name.islower() else name, lowered, lemma)
+            if inflected is not None and inflected != lowered:
+                found.append(inflected)
+    return tuple(dict.fromkeys(found))  # dedupe in a stable order: the rng's choice must not depend on hashing
 
 
 def _count(rate: float, n: int) -> int:
@@ -91,10 +136,18 @@ def _count(rate: float, n: int) -> int:
     return max(1, round(rate * n)) if rate > 0 else 0
 
 
+def _in_compound(text: str, start: int, end: int) -> bool:
+    """A word joined to its neighbour by a hyphen or an apostrophe (self-expression, Scott's): a part, not a word
+    whose synonym would keep the whole's meaning."""
+    return (start > 0 and text[start - 1] in "-'") or (end < len(text) and text[end] in "-'")
+
+
 def replace_synonyms(text: str, rate: float, rng: Random) -> str:
-    """Replace up to rate × words non-stopwords with a WordNet synonym; spacing and punctuation are kept."""
+    """Replace up to rate × words non-stopwords with a synonym that keeps their meaning (`synonyms`); spacing and
+    punctuation are kept."""
     limit = _count(rate, len(text.split()))
-    candidates = [m for m in _WORD.finditer(text) if m.group().lower() not in ENGLISH_STOP_WORDS]
+    candidates = [m for m in _WORD.finditer(text) if m.group().lower() not in ENGLISH_STOP_WORDS
+                  and not _in_compound(text, m.start(), m.end())]
     rng.shuffle(candidates)
     chosen = []
     for match in candidates:

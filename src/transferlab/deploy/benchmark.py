@@ -1,7 +1,9 @@
 """Size, latency, throughput and accuracy of every deployable variant of a run, side by side.
 
-The machine is shared and noisy: each variant gets warm-up calls, then repeated timed calls on the same real
-eval texts, and the table reports percentiles (latency) and the median of repeats (throughput).
+The machine is shared and noisy: each variant gets warm-up calls, then every measurement is repeated in rounds on
+the same real eval texts; the table reports the median over the rounds and their spread (half the range, as a share
+of the median), and a spread above `Settings.busy_spread` says the machine was busy while measuring, so that a
+difference between variants smaller than the spread is not read as real.
 """
 
 from __future__ import annotations
@@ -27,12 +29,14 @@ THROUGHPUT_BATCH = 32
 
 @dataclass
 class Settings:
-    repeats: int = 100  # timed batch-1 calls per variant
+    repeats: int = 100  # timed batch-1 calls per variant, split evenly over `rounds`
     warmup: int = 10
     throughput_batches: int = 4  # batches of 32 per throughput repeat
     throughput_repeats: int = 3
     threads: int | None = None  # None: torch's default, ONNX Runtime given the same number
     eval_limit: int | None = None  # None: the whole eval set
+    rounds: int = 3  # latency is measured this many times (each round's percentiles; the median is reported)
+    busy_spread: float = 0.10  # a spread above this share of the median means the machine was busy
 
 
 @dataclass
@@ -47,6 +51,28 @@ class Measurement:
     throughput_per_s: float
     score: float | None  # the task's headline metric on the eval set (accuracy, F1, Spearman...)
     metric: str
+    latency_spread: float | None = None  # half the range of the rounds' p50, as a share of their median
+    throughput_spread: float | None = None  # the same over the throughput repeats
+
+
+def spread(values: list[float]) -> float | None:
+    """Half the range of repeated measurements as a share of their median (None for a single measurement)."""
+    if len(values) < 2:
+        return None
+    return float((max(values) - min(values)) / 2 / np.median(values))
+
+
+def busy_warnings(rows: list[Measurement], limit: float) -> list[str]:
+    """One line per measurement whose repeats varied more than `limit`: the machine was busy, and differences
+    between variants smaller than that spread are noise."""
+    lines = []
+    for r in rows:
+        for what, value in (("batch-1 latency", r.latency_spread), ("throughput", r.throughput_spread)):
+            if value is not None and value > limit:
+                lines.append(f"{r.variant}: {what} varied by ±{100 * value:.0f}% between repeats (limit "
+                             f"±{100 * limit:.0f}%): the machine was busy; differences between variants below that "
+                             "are noise. Measure again on a quiet machine (or with more --repeats).")
+    return lines
 
 
 def latencies(predictor: Predictor, frame: pd.DataFrame, repeats: int, warmup: int) -> np.ndarray:
@@ -62,8 +88,8 @@ def latencies(predictor: Predictor, frame: pd.DataFrame, repeats: int, warmup: i
     return np.array(times)
 
 
-def throughput(predictor: Predictor, frame: pd.DataFrame, batches: int, repeats: int) -> float:
-    """Examples per second in batches of 32 (median of repeats, after one warm-up batch)."""
+def throughput(predictor: Predictor, frame: pd.DataFrame, batches: int, repeats: int) -> list[float]:
+    """Examples per second in batches of 32, once per repeat (after one warm-up batch)."""
     predictor.batch_size = THROUGHPUT_BATCH
     n = THROUGHPUT_BATCH * batches
     sample = pd.concat([frame] * (1 + n // max(len(frame), 1)), ignore_index=True).iloc[:n]
@@ -73,7 +99,7 @@ def throughput(predictor: Predictor, frame: pd.DataFrame, batches: int, repeats:
         start = time.perf_counter()
         predictor.predict_frame(sample)
         rates.append(len(sample) / (time.perf_counter() - start))
-    return float(np.median(rates))
+    return rates
 
 
 def measure(variant: Variant, evalset: EvalSet, settings: Settings) -> Measurement:
@@ -82,11 +108,19 @@ def measure(variant: Variant, evalset: EvalSet, settings: Settings) -> Measureme
     predictor = Predictor(variant.model_dir, variant.backend, variant.int8, batch_size=THROUGHPUT_BATCH,
                           threads=threads, precision="bf16" if variant.bf16 else "fp32")
     lat = latencies(predictor, evalset.frame, settings.repeats, settings.warmup) * 1000
-    rate = throughput(predictor, evalset.frame, settings.throughput_batches, settings.throughput_repeats)
+    rounds = np.array_split(lat, max(1, min(settings.rounds, len(lat))))
+    p50s = [float(np.percentile(r, 50)) for r in rounds]
+    p95s = [float(np.percentile(r, 95)) for r in rounds]
+    rates = throughput(predictor, evalset.frame, settings.throughput_batches, settings.throughput_repeats)
     return Measurement(variant.name, variant.backend, variant.int8, str(variant.model_dir),
-                       round(variant.size_bytes / 2**20, 2), round(float(np.percentile(lat, 50)), 2),
-                       round(float(np.percentile(lat, 95)), 2), round(rate, 1),
-                       round(score(predictor, evalset), 4), predictor.task.metric)
+                       round(variant.size_bytes / 2**20, 2), round(float(np.median(p50s)), 2),
+                       round(float(np.median(p95s)), 2), round(float(np.median(rates)), 1),
+                       round(score(predictor, evalset), 4), predictor.task.metric,
+                       _rounded(spread(p50s)), _rounded(spread(rates)))
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
 
 
 def machine() -> dict:
@@ -112,7 +146,8 @@ def benchmark_run(run_dir: Path, settings: Settings, on_result=None) -> dict:
         if on_result is not None:
             on_result(rows[-1])
     doc = {"run": str(run_dir), "eval_examples": len(evalset), "settings": asdict(settings),
-           "machine": machine(), "variants": [asdict(r) for r in rows]}
+           "machine": machine(), "variants": [asdict(r) for r in rows],
+           "warnings": busy_warnings(rows, settings.busy_spread)}
     (run_dir / "benchmark.json").write_text(json.dumps(doc, indent=2))
     plot_benchmark(rows, run_dir / "plots" / "benchmark.png")
     return doc

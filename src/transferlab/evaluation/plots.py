@@ -50,6 +50,11 @@ def _group_order(names: Iterable[str]) -> list[str]:
     return sorted(dict.fromkeys(names), key=key)
 
 
+def _marker(points: Sequence) -> str | None:
+    """A dot on each point of a short series, which a line alone would barely show (a single point not at all)."""
+    return "o" if len(points) <= 20 else None
+
+
 def _new_figure(width: float = 8.0, height: float = 4.5) -> tuple[Figure, Axes]:
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
@@ -85,7 +90,7 @@ def _mark_phases(ax: Axes, history: Sequence[Mapping]) -> None:
     for i, (x, phase) in enumerate(starts):
         if i:
             ax.axvline(x, color="0.45", linestyle="--", linewidth=0.9)
-        ax.annotate(f"phase {phase}", xy=(x, 1), xycoords=("data", "axes fraction"), xytext=(3, -3),
+        ax.annotate(f"phase {phase + 1}", xy=(x, 1), xycoords=("data", "axes fraction"), xytext=(3, -3),
                     textcoords="offset points", va="top", fontsize="small", color="0.3")
 
 
@@ -100,7 +105,7 @@ def _learning_curves_figure(history: Sequence[Mapping], metric: str) -> Figure |
     if train:
         steps = [r["step"] for r in train]
         loss = pd.Series([r["loss"] for r in train], dtype=float)
-        ax.plot(steps, loss, color="C0", alpha=0.3, linewidth=0.8, label="train loss")
+        ax.plot(steps, loss, color="C0", alpha=0.3, linewidth=0.8, label="train loss", marker=_marker(steps))
         smoothed = loss.ewm(span=max(2, len(loss) // 10)).mean()
         ax.plot(steps, smoothed, color="C0", linewidth=1.8, label="train loss (smoothed)")
     if eval_loss:
@@ -198,7 +203,8 @@ def _groups_figure(steps: Sequence[float], series: Mapping[str, np.ndarray], yla
     n = len(series)
     shown = set(range(n)) if n <= MAX_LEGEND else set(np.linspace(0, n - 1, MAX_LEGEND).round().astype(int))
     for i, ((label, curve), colour) in enumerate(zip(series.items(), colours, strict=True)):
-        ax.plot(steps, curve, color=colour, linewidth=1.3, label=_text(label) if i in shown else "_nolegend_")
+        ax.plot(steps, curve, color=colour, linewidth=1.3, label=_text(label) if i in shown else "_nolegend_",
+                marker=_marker(steps))
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel(ylabel)

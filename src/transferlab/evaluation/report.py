@@ -202,7 +202,7 @@ def _plan_table(plan: Sequence[Mapping]) -> Table:
         for group, lr in (phase.get("groups") or {}).items():
             if lr:
                 by_lr.setdefault(lr, []).append(group)
-        rates = "\n".join(f"{_fmt(lr)}: {', '.join(groups)}" for lr, groups in by_lr.items())
+        rates = phase.get("learns") or "\n".join(f"{_fmt(lr)}: {', '.join(groups)}" for lr, groups in by_lr.items())
         params, ratio = phase.get("trainable_params"), phase.get("trainable_ratio")
         warmup = f", warmup {_fmt(phase['warmup'])}" if phase.get("warmup") else ""
         cells = [_fmt(phase.get("phase")), *([_fmt(phase.get("name"))] if named else []),
@@ -254,7 +254,8 @@ def _history_summary(history: Sequence[Mapping], evals: Mapping) -> Section | No
         if values:
             pick = min if metric in LOWER_IS_BETTER else max
             best = pick(values, key=lambda r: r["metrics"][metric])
-            where = f"at step {best.get('step')} (phase {best.get('phase')})"
+            phase = best.get("phase")
+            where = f"at step {best.get('step')}" + (f" (phase {phase + 1})" if is_number(phase) else "")
             facts.append((f"Best eval {metric}", f"{_fmt(best['metrics'][metric])} {where}"))
     return Section("Training summary", "facts", facts)
 

@@ -24,8 +24,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from transferlab.config import RunConfig, build_config
-from transferlab.data.augment import AugmentConfig
+from transferlab.config import DEFAULT_AUGMENT, AugmentConfig, RunConfig, build_config
 from transferlab.errors import UserError
 from transferlab.evaluation.metrics import headline_metric
 from transferlab.evaluation.report import write_compare_report
@@ -43,8 +42,7 @@ from transferlab.strategies.named import build_plan, strategy_options
 from transferlab.strategies.plan import ResolvedPhase
 from transferlab.tasks.base import RunData
 
-#: What `--augment` compares against "no augmentation" when the config has no augment section of its own.
-DEFAULT_AUGMENT = AugmentConfig(synonym=0.1, swap=0.1, dropout=0.1, copies=1)
+NO_SPREAD = "n/a"  # what the tables show for the spread of a single seed
 
 
 @dataclass(frozen=True)
@@ -229,7 +227,8 @@ def aggregate_variant(variant: Variant, runs: list[dict], phases: list[ResolvedP
            "train_size": runs[0]["train_examples"], "augment": variant.augment, "seeds": len(runs),
            "trainable_pct": round(max(ratios), 4), "trainable_pct_min": round(min(ratios), 4)}
     for name, stats in metrics.items():
-        row[name], row[f"{name}_std"] = stats["mean"], stats["std"]
+        # one seed has no spread: None (n/a in the tables), never a misleading 0.0
+        row[name], row[f"{name}_std"] = stats["mean"], stats["std"] if len(runs) > 1 else None
     row["train_time_s"] = round(summarize([r["train_time_s"] for r in runs])["mean"], 2)
     row["peak_memory_mb"] = max(r["peak_memory_mb"] for r in runs)
     row["warnings"] = sorted({code for r in runs for code in r["warnings"]})
@@ -237,9 +236,10 @@ def aggregate_variant(variant: Variant, runs: list[dict], phases: list[ResolvedP
 
 
 def shown_metrics(evals: dict) -> list[str]:
-    """The metrics the table shows: the task's headline metric (accuracy for classification), then F1."""
+    """The metrics the table shows: the task's headline metric (accuracy for classification), then F1 and ROC-AUC
+    where the task has them."""
     first = headline_metric(evals)
-    return [first] + (["f1"] if "f1" in evals and first != "f1" else [])
+    return [first] + [name for name in ("f1", "roc_auc") if name in evals and name != first]
 
 
 def _write_outputs(out_dir: Path, cfg: RunConfig, result: CompareResult, memory_method: str) -> list[Path]:
@@ -248,7 +248,8 @@ def _write_outputs(out_dir: Path, cfg: RunConfig, result: CompareResult, memory_
            "rows": result.rows, "runs": result.runs}
     files = [out_dir / "compare.json", out_dir / "compare.csv"]
     files[0].write_text(json.dumps(doc, indent=2))
-    pd.DataFrame([{**r, "warnings": " ".join(r["warnings"])} for r in result.rows]).to_csv(files[1], index=False)
+    pd.DataFrame([{**r, "warnings": " ".join(r["warnings"])} for r in result.rows]).to_csv(files[1], index=False,
+                                                                                           na_rep=NO_SPREAD)
     metric = result.metrics[0]
     plots = [p for p in (plot_metric_vs_time(result.rows, metric, out_dir / "plots" / "accuracy_vs_time.png"),
                          plot_learning_curve(result.rows, metric, out_dir / "plots" / "accuracy_vs_train_size.png"))
@@ -262,7 +263,7 @@ def _report_row(row: dict, metrics: Sequence[str]) -> dict:
     shown = {"strategy": row["variant"], "trainable %": trainable_text(row)}
     for name in metrics:
         shown[name] = row[name]
-        shown[f"{name} std"] = row[f"{name}_std"]
+        shown[f"{name} std"] = NO_SPREAD if row[f"{name}_std"] is None else row[f"{name}_std"]
     shown |= {"train time (s)": row["train_time_s"], "peak memory (MB)": row["peak_memory_mb"],
               "train examples": row["train_size"], "seeds": row["seeds"], "warnings": ", ".join(row["warnings"])}
     return shown
@@ -303,7 +304,7 @@ def plot_metric_vs_time(rows: Sequence[dict], metric: str, path: Path) -> Path:
     """Each variant at (mean train time, mean metric) with its std as an error bar, on a log time axis."""
     fig, ax = _figure()
     for i, row in enumerate(rows):
-        ax.errorbar(row["train_time_s"], row[metric], yerr=row[f"{metric}_std"], fmt="o", color=f"C{i % 10}",
+        ax.errorbar(row["train_time_s"], row[metric], yerr=row[f"{metric}_std"] or 0.0, fmt="o", color=f"C{i % 10}",
                     capsize=3, label=_text(row["variant"]))
     return _save(fig, ax, "train time (s, log scale)", metric, f"{metric} vs training time", path)
 
@@ -320,6 +321,6 @@ def plot_learning_curve(rows: Sequence[dict], metric: str, path: Path) -> Path |
     for i, (label, points) in enumerate(curves.items()):
         points.sort(key=lambda r: r["train_size"])
         ax.errorbar([p["train_size"] for p in points], [p[metric] for p in points],
-                    yerr=[p[f"{metric}_std"] for p in points], fmt="o-", color=f"C{i % 10}", capsize=3,
+                    yerr=[p[f"{metric}_std"] or 0.0 for p in points], fmt="o-", color=f"C{i % 10}", capsize=3,
                     label=_text(label))
     return _save(fig, ax, "training examples (log scale)", metric, f"{metric} vs training-set size", path)

@@ -24,12 +24,23 @@ def default_pooling(model_dir: Path) -> str:
     return "cls"
 
 
-def build_task_model(backbone: Backbone, model_class, **config_fields) -> nn.Module:
-    """A transferlab task model whose backbone carries the pretrained weights of `backbone`."""
+def dropout_overrides(config: dict, rate: float | None) -> dict[str, float]:
+    """Every dropout rate of a Hugging Face config (hidden_dropout_prob, attention_probs_dropout_prob, dropout_rate,
+    attention_dropout...) set to `rate`; nothing when `rate` is None (the pretrained rates stay)."""
+    if rate is None:
+        return {}
+    return {key: rate for key, value in config.items() if "dropout" in key and isinstance(value, float)}
+
+
+def build_task_model(backbone: Backbone, model_class, backbone_dropout: float | None = None,
+                     **config_fields) -> nn.Module:
+    """A transferlab task model whose backbone carries the pretrained weights of `backbone` (with its dropout
+    rates set to `backbone_dropout` when given)."""
     from transferlab.models.modeling_transferlab import TransferlabConfig
 
     pretrained = backbone.load()
-    config = TransferlabConfig(backbone=pretrained.config.to_dict(), **config_fields)
+    fields = pretrained.config.to_dict()
+    config = TransferlabConfig(backbone={**fields, **dropout_overrides(fields, backbone_dropout)}, **config_fields)
     model = model_class(config)
     missing, _unexpected = model.backbone.load_state_dict(pretrained.state_dict(), strict=False)
     if missing:

@@ -1,19 +1,22 @@
 """The named strategies, each compiled to a Plan over a model's layer groups.
 
-A strategy name may carry one argument after a colon: `freeze-bottom:4`, `progressive:3` (depth),
+A strategy name may carry one argument after a colon: `freeze-bottom:4`, `freeze-top:2`, `progressive:3` (depth),
 `gradual:2`, `llrd:0.8` or `llrd:fastai` (decay). `custom` takes its phases from the config.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field, PositiveFloat
 
-from transferlab.backbones.groups import LayerGroups
 from transferlab.config import RunConfig
 from transferlab.errors import UserError
 from transferlab.strategies.plan import Phase, Plan
+
+if TYPE_CHECKING:  # the CLI lists the strategies at start-up: no model library (torch) on that path
+    from transferlab.backbones.groups import LayerGroups
 
 HEAD_LR = 1e-3  # a new, randomly initialised head needs a far higher lr than the pretrained body below it
 # new, small parameter sets tolerate (and need) far higher rates than pretrained weights
@@ -141,6 +144,21 @@ def freeze_bottom(groups: LayerGroups, opts: StrategyOptions, arg: str | None) -
     return _one_phase(f"freeze bottom {n}", _body_and_head(groups, body, lr, opts), opts)
 
 
+def freeze_top(groups: LayerGroups, opts: StrategyOptions, arg: str | None) -> list[Phase]:
+    """Top-down freezing: the N highest levels of the body stay frozen (an encoder-decoder's decoder levels first);
+    every level below them, the input level included, learns with the head."""
+    levels = groups.levels()
+    n = _int_arg("freeze-top", arg, None)
+    if n is None or not 0 <= n <= len(levels):
+        raise UserError(f"freeze-top:{arg} asks to freeze {arg} levels but the model has {len(levels)} above its "
+                        f"{', '.join(groups.inputs) or 'input'}.",
+                        f"Use freeze-top:N with 0 <= N <= {len(levels)} (N = 0 trains everything).")
+    frozen = {name for level in levels[:n] for name in level}
+    # a pooler sits on the top level but serves the head: it learns whatever N is
+    body = [g.name for g in groups if g.kind != "head" and (g.name not in frozen or g.kind == "pooler")]
+    return _one_phase(f"freeze top {n}", _body_and_head(groups, body, opts.lr or 5e-5, opts), opts)
+
+
 def freeze_attention(groups: LayerGroups, opts: StrategyOptions, arg: str | None) -> list[Phase]:
     _no_arg("freeze-attention", arg)
     groups.require_kind("attention", "freeze-attention")
@@ -243,11 +261,12 @@ def custom(groups: LayerGroups, opts: StrategyOptions, arg: str | None) -> list[
     return list(opts.phases)
 
 
-Strategy = Callable[[LayerGroups, StrategyOptions, str | None], list[Phase]]
+Strategy = Callable[["LayerGroups", StrategyOptions, str | None], list[Phase]]
 STRATEGIES: dict[str, Strategy] = {
     "full": full,
     "feature-extraction": feature_extraction,
     "freeze-bottom": freeze_bottom,
+    "freeze-top": freeze_top,
     "freeze-attention": freeze_attention,
     "progressive": progressive,
     "llrd": llrd,
@@ -258,9 +277,9 @@ STRATEGIES: dict[str, Strategy] = {
     "prompt-tuning": prompt_tuning,
     "custom": custom,
 }
-USAGE = {"freeze-bottom": "freeze-bottom:N", "progressive": "progressive[:DEPTH]", "gradual": "gradual[:DEPTH]",
-         "llrd": "llrd[:DECAY|fastai]", "discriminative": "discriminative[:DECAY|fastai]", "lora": "lora[:RANK]",
-         "prompt-tuning": "prompt-tuning[:TOKENS]", "custom": "custom (phases from the config)"}
+USAGE = {"freeze-bottom": "freeze-bottom:N", "freeze-top": "freeze-top:N", "progressive": "progressive[:DEPTH]",
+         "gradual": "gradual[:DEPTH]", "llrd": "llrd[:DECAY|fastai]", "discriminative": "discriminative[:DECAY|fastai]",
+         "lora": "lora[:RANK]", "prompt-tuning": "prompt-tuning[:TOKENS]", "custom": "custom (phases from the config)"}
 
 
 def strategy_usage() -> str:

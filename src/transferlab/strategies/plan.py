@@ -8,11 +8,16 @@ from __future__ import annotations
 import fnmatch
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
 
-from transferlab.backbones.groups import SELECTORS, LayerGroups
+from transferlab.backbones.groups import SELECTORS
 from transferlab.errors import UserError
+from transferlab.strategies.describe import describe_lrs
+
+if TYPE_CHECKING:  # the CLI reads strategy names at start-up: no model library (torch) on that path
+    from transferlab.backbones.groups import LayerGroups
 
 SCHEDULES = ("linear", "cosine", "constant")
 
@@ -35,6 +40,7 @@ class ResolvedPhase:
     lrs: dict[str, float]  # concrete group -> lr, bottom to top
     trainable_params: int
     total_params: int
+    learns: str = ""  # the groups that learn and their rates, in a few words (strategies/describe.py)
 
     @property
     def trainable_ratio(self) -> float:
@@ -43,7 +49,7 @@ class ResolvedPhase:
     def summary(self, index: int) -> dict:
         """The JSON form saved in metrics.json and printed by `transferlab plan`."""
         return {"phase": index + 1, "name": self.phase.name, "epochs": self.phase.epochs,
-                "schedule": self.phase.schedule, "warmup": self.phase.warmup, "groups": self.lrs,
+                "schedule": self.phase.schedule, "warmup": self.phase.warmup, "groups": self.lrs, "learns": self.learns,
                 "trainable_params": self.trainable_params, "trainable_ratio": round(self.trainable_ratio, 6)}
 
 
@@ -78,7 +84,7 @@ class Plan:
             _no_overlap(lrs, self.strategy, index)
             ordered = dict(sorted(lrs.items(), key=lambda item: groups.names.index(item[0].partition("@")[0])))
             trainable = sum(groups.size(g) for g in ordered)
-            resolved.append(ResolvedPhase(phase, ordered, trainable, groups.total))
+            resolved.append(ResolvedPhase(phase, ordered, trainable, groups.total, describe_lrs(ordered, groups)))
         return resolved
 
 

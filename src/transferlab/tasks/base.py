@@ -23,6 +23,7 @@ from transferlab.backbones.base import Backbone, Processor
 from transferlab.backbones.groups import LayerGroups
 from transferlab.config import ModelConfig, RunConfig
 from transferlab.errors import UserError
+from transferlab.models.standard import standard_form
 
 
 @dataclass
@@ -62,6 +63,7 @@ class Task(ABC):
     augmentable: ClassVar[bool] = False  # a reworded or transformed input keeps its label (whole-input labels)
     exportable: ClassVar[bool] = True  # the model is one forward pass (not generation), so ONNX/TorchScript apply
     backbone_prefix: ClassVar[str] = "backbone."  # where the backbone sits in the task model ("" = the model itself)
+    pipeline_tag: ClassVar[str] = ""  # the transformers pipeline() task that runs a saved model (model cards show it)
 
     def __init__(self, processor: Processor):
         if processor.modality != self.modality:
@@ -131,8 +133,10 @@ class Task(ABC):
         """The saved PyTorch model (safetensors), in eval mode."""
 
     def save_model(self, model: torch.nn.Module, model_dir: Path) -> None:
-        """Write the model so that `load_model` (and the ecosystem's loaders) read it back."""
-        model.save_pretrained(model_dir)
+        """Write the model so that `load_model` and the ecosystem's loaders read it back: as the transformers class
+        that computes the same (e.g. BertForTokenClassification) where there is one, else as the model's own class
+        (registered with the Auto classes on `import transferlab`)."""
+        (standard_form(model) or model).save_pretrained(model_dir)
         self.processor.save(model_dir)
 
     @abstractmethod

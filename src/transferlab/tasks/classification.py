@@ -15,6 +15,7 @@ from transferlab.data.splits import stratified_split, subsample
 from transferlab.evaluation.metrics import classification_metrics, softmax
 from transferlab.models.build import build_task_model, default_pooling
 from transferlab.models.modeling_transferlab import TransferlabForSequenceClassification
+from transferlab.models.standard import load_task_model
 from transferlab.tasks.base import RunData, Task
 from transferlab.tasks.table import input_columns, text_inputs
 
@@ -23,6 +24,7 @@ class ClassificationTask(Task):
     """Labels are strings in the data; ids follow `label_names` order and are saved as id2label."""
 
     name = "classification"
+    pipeline_tag = "text-classification"
     metric = "accuracy"
     augmentable = True
 
@@ -63,10 +65,10 @@ class ClassificationTask(Task):
             num_labels=len(self.label_names), id2label=dict(enumerate(self.label_names)),
             label2id=dict(self.label_to_id), pooling=model_cfg.pooling or default_pooling(backbone.model_dir),
             head_hidden_size=model_cfg.head_hidden_size, head_activation=model_cfg.head_activation,
-            head_dropout=model_cfg.head_dropout)
+            head_dropout=model_cfg.head_dropout, backbone_dropout=model_cfg.backbone_dropout)
 
     def load_model(self, model_dir: Path) -> torch.nn.Module:
-        return TransferlabForSequenceClassification.from_pretrained(str(model_dir)).eval()
+        return load_task_model(model_dir, TransferlabForSequenceClassification)
 
     def encode(self, frame: pd.DataFrame) -> list[dict]:
         pairs = frame["text_pair"].tolist() if "text_pair" in frame else None

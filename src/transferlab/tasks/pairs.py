@@ -87,6 +87,7 @@ class _PairsMixin:
     """What both pair objectives share: the pairs section, two text columns in and out, the registry name."""
 
     name = "pairs"
+    pipeline_tag = "text-classification"  # a score (regression) or a label of the text pair
 
     @property
     def input_fields(self) -> list[str]:
@@ -178,6 +179,7 @@ class PairsTask:
     saved model's head) says."""
 
     name = "pairs"
+    pipeline_tag = _PairsMixin.pipeline_tag
 
     @staticmethod
     def variant(cfg: RunConfig) -> type[Task]:

@@ -21,6 +21,7 @@ from transferlab.errors import UserError
 from transferlab.evaluation.metrics import softmax
 from transferlab.models.build import build_task_model
 from transferlab.models.modeling_transferlab import TransferlabForQuestionAnswering
+from transferlab.models.standard import load_task_model
 from transferlab.tasks.base import RunData, Task
 from transferlab.tasks.table import input_columns
 from transferlab.tasks.tokens import pad_rows, require_offsets
@@ -112,6 +113,7 @@ class QaTask(Task):
     `decode` and `metrics` find the context and gold answers in the frame of questions."""
 
     name = "qa"
+    pipeline_tag = "question-answering"
     metric = "f1"
     per_position = True
     output_names = ("start_logits", "end_logits")
@@ -147,11 +149,12 @@ class QaTask(Task):
     def build_model(self, backbone: Backbone, model_cfg: ModelConfig) -> torch.nn.Module:
         return build_task_model(
             backbone, TransferlabForQuestionAnswering, task=self.name, head_dropout=model_cfg.head_dropout,
-            doc_stride=self.doc_stride, max_answer_length=self.max_answer_length,
-            version_2_with_negative=self.with_negative, train_max_length=model_cfg.max_length)
+            backbone_dropout=model_cfg.backbone_dropout, doc_stride=self.doc_stride,
+            max_answer_length=self.max_answer_length, version_2_with_negative=self.with_negative,
+            train_max_length=model_cfg.max_length)
 
     def load_model(self, model_dir: Path) -> torch.nn.Module:
-        return TransferlabForQuestionAnswering.from_pretrained(str(model_dir)).eval()
+        return load_task_model(model_dir, TransferlabForQuestionAnswering)
 
     def encode(self, frame: pd.DataFrame) -> list[dict]:
         """One feature per window: model inputs, answer token positions, `_example` (the question's row) and

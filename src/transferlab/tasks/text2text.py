@@ -33,6 +33,7 @@ from transferlab.backbones.text import ENCODER_RULES, load_tokenizer
 from transferlab.config import ConfigSection, ModelConfig, RunConfig, register_section
 from transferlab.errors import UserError
 from transferlab.evaluation.metrics import generation_metrics
+from transferlab.models.build import dropout_overrides
 from transferlab.tasks.base import RunData, Task
 from transferlab.tasks.table import input_columns, read_columns, text_inputs, train_and_eval
 
@@ -76,14 +77,18 @@ def _check_can_generate(model_dir: Path) -> AutoConfig:
     return config
 
 
-def warm_start(encoder_dir: Path, decoder_dir: Path, tokenizer: PreTrainedTokenizerBase) -> EncoderDecoderModel:
+def warm_start(encoder_dir: Path, decoder_dir: Path, tokenizer: PreTrainedTokenizerBase,
+               dropout: float | None = None) -> EncoderDecoderModel:
     """BERT2BERT: an EncoderDecoderModel whose encoder and decoder start from pretrained encoders; the decoder
-    starts from [CLS] (or BOS) and stops at [SEP] (or EOS), so targets are tokenized like sources."""
+    starts from [CLS] (or BOS) and stops at [SEP] (or EOS), so targets are tokenized like sources. `dropout`
+    replaces every dropout rate of both (None: their own)."""
     if decoder_dir != encoder_dir and load_tokenizer(decoder_dir).get_vocab() != tokenizer.get_vocab():
         raise UserError(f"The decoder '{decoder_dir}' has another vocabulary than the encoder '{encoder_dir}'.",
                         "Warm-start the decoder from a model with the encoder's tokenizer (or leave "
                         "text2text.decoder unset to use the encoder's model).")
-    model = EncoderDecoderModel.from_encoder_decoder_pretrained(str(encoder_dir), str(decoder_dir))
+    rates = {f"{side}_{key}": rate for side, where in (("encoder", encoder_dir), ("decoder", decoder_dir))
+             for key, rate in dropout_overrides(AutoConfig.from_pretrained(str(where)).to_dict(), dropout).items()}
+    model = EncoderDecoderModel.from_encoder_decoder_pretrained(str(encoder_dir), str(decoder_dir), **rates)
     # EncoderDecoderModel never calls the encoder's pooler: an unused parameter gets no gradient
     if getattr(model.encoder, "pooler", None) is not None:
         model.encoder.pooler = None
@@ -122,6 +127,7 @@ class Text2TextTask(Task):
     """Source and target columns, an optional task prefix (T5 style) before every source; ROUGE-L selects."""
 
     name = "text2text"
+    pipeline_tag = "text2text-generation"
     metric = "rougeL"
     exportable = False  # generation is a loop of forward passes, not one graph
     backbone_prefix = ""  # a Hugging Face seq2seq model: its own LM head is the head
@@ -150,13 +156,14 @@ class Text2TextTask(Task):
         model_dir = backbone.model_dir
         config = _check_can_generate(model_dir)
         if config.is_encoder_decoder:
-            model = AutoModelForSeq2SeqLM.from_pretrained(str(model_dir))
+            model = AutoModelForSeq2SeqLM.from_pretrained(
+                str(model_dir), **dropout_overrides(config.to_dict(), model_cfg.backbone_dropout))
         else:
             decoder_dir = open_backbone(self.options.decoder).model_dir if self.options.decoder else model_dir
             if _check_can_generate(decoder_dir).is_encoder_decoder:
                 raise UserError(f"text2text.decoder '{decoder_dir}' is an encoder-decoder, not an encoder to "
                                 "warm-start a decoder from.", "Name a BERT-family encoder, or leave it unset.")
-            model = warm_start(model_dir, decoder_dir, self.processor.tokenizer)
+            model = warm_start(model_dir, decoder_dir, self.processor.tokenizer, model_cfg.backbone_dropout)
         gen = model.generation_config
         gen.num_beams, gen.max_new_tokens = self.options.num_beams, self.options.max_target_length
         params = dict(getattr(model.config, "task_specific_params", None) or {})

@@ -26,6 +26,7 @@ from transferlab.data.splits import random_split, sample_rows
 from transferlab.errors import UserError
 from transferlab.models.build import build_task_model
 from transferlab.models.modeling_transferlab import CRF, TransferlabForTokenClassification, tag_predictions
+from transferlab.models.standard import load_task_model
 from transferlab.tasks.base import RunData, Task
 from transferlab.tasks.table import input_columns
 
@@ -94,6 +95,7 @@ class TokensTask(Task):
     """BIO tags per word; the model tags the first sub-token of each word (or every sub-token, B- -> I-)."""
 
     name = "tokens"
+    pipeline_tag = "token-classification"
     metric = "f1"
     per_position = True
 
@@ -139,10 +141,11 @@ class TokensTask(Task):
         return build_task_model(
             backbone, TransferlabForTokenClassification, task=self.name, num_labels=len(self.label_names),
             id2label=dict(enumerate(self.label_names)), label2id=dict(self.label_to_id),
-            head_dropout=model_cfg.head_dropout, crf=self.crf, label_all_subtokens=self.label_all_subtokens)
+            head_dropout=model_cfg.head_dropout, backbone_dropout=model_cfg.backbone_dropout, crf=self.crf,
+            label_all_subtokens=self.label_all_subtokens)
 
     def load_model(self, model_dir: Path) -> torch.nn.Module:
-        return TransferlabForTokenClassification.from_pretrained(str(model_dir)).eval()
+        return load_task_model(model_dir, TransferlabForTokenClassification)
 
     @property
     def outside(self) -> int:

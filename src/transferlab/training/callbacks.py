@@ -1,4 +1,5 @@
-"""The trainer's built-in callbacks: history, best weights, early stopping, weight change, progress, checkpoints."""
+"""The trainer's built-in callbacks: history, the training loss at evaluations, best weights, early stopping, weight
+change, progress, checkpoints."""
 
 from __future__ import annotations
 
@@ -15,6 +16,21 @@ class History(Callback):
 
     def on_record(self, trainer, record: dict) -> None:
         trainer.history.append(record)
+
+
+class LossAtEvaluation(Callback):
+    """Records the training loss (with the lrs and gradient norm) at each evaluation and at the end of each epoch
+    (the last one ends its phase) when steps ran since the last train record, so that a run shorter than
+    `log_every` steps still has a learning curve, an lr plot and a gradient-norm plot, and each eval point has a
+    training loss beside it."""
+
+    order = 5  # before the callbacks that read the history at these events, and before checkpoints
+
+    def on_evaluate(self, trainer, record: dict) -> None:
+        trainer.log_train()
+
+    def on_epoch_end(self, trainer) -> None:
+        trainer.log_train()
 
 
 class BestWeights(Callback):

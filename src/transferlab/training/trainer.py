@@ -32,6 +32,7 @@ from transferlab.training.callbacks import (
     Checkpointer,
     EarlyStopping,
     History,
+    LossAtEvaluation,
     ProgressBar,
     WeightChangeMonitor,
 )
@@ -88,8 +89,8 @@ class Trainer:
         self.seed = seed
         self.run_dir = run_dir
         self.accelerator = accelerator
-        builtin = [History(), BestWeights(), EarlyStopping(), WeightChangeMonitor(), Checkpointer(),
-                   ProgressBar(show_progress)]
+        builtin = [History(), LossAtEvaluation(), BestWeights(), EarlyStopping(), WeightChangeMonitor(),
+                   Checkpointer(), ProgressBar(show_progress)]
         self.callbacks = Callbacks([*builtin, *callbacks], accelerator.is_main_process)
         self.metric = config.metric or task.metric
         self.greater_is_better = task.greater_is_better if self.metric != "loss" else False
@@ -101,6 +102,8 @@ class Trainer:
         self._cache: PhaseCache | None = None  # the running phase's frozen-feature cache, if it has one
         self._resume_from: Path | None = None
         self._updates_per_epoch = 1
+        self.last_grad_norm: torch.Tensor | float = float("nan")  # of the last optimizer update
+        self.last_lrs: dict[str, float] = {}  # the lr of each group in the last optimizer update
         self._clock = time.perf_counter()
         self.model.to(accelerator.device)
 
@@ -113,11 +116,15 @@ class Trainer:
     def last_loss(self) -> float | None:
         return self.state.loss_window[-1] if self.state.loss_window else None
 
-    def phase_steps(self, index: int) -> int:
-        """Optimizer updates of phase `index` (its epochs over this process's share of the batches)."""
+    def updates_per_epoch(self) -> int:
+        """Optimizer updates per epoch: this process's share of the batches of features, per gradient accumulation."""
         batches = math.ceil(len(self.train_set.features) / self.config.batch_size)
         batches = math.ceil(batches / self.accelerator.num_processes)
-        return math.ceil(self.phases[index].phase.epochs * math.ceil(batches / self.config.grad_accum))
+        return math.ceil(batches / self.config.grad_accum)
+
+    def phase_steps(self, index: int) -> int:
+        """Optimizer updates of phase `index` (its epochs over this process's share of the batches)."""
+        return math.ceil(self.phases[index].phase.epochs * self.updates_per_epoch())
 
     def record(self, record: dict) -> None:
         """Announce a history record (the History callback keeps it)."""
@@ -359,17 +366,24 @@ class Trainer:
         else:
             grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self._trainable_params() if p.grad is not None])
         self.optimizer.step()
+        self.last_lrs = {g["group"]: g["lr"] for g in self.optimizer.param_groups}  # what this update used
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         st.global_step += 1
         st.phase_step += 1
         st.step_in_epoch += 1
-        if not log_now:
+        self.last_grad_norm = grad_norm
+        return self.log_train(group_norms) if log_now else None
+
+    def log_train(self, group_norms: dict[str, float] | None = None) -> dict | None:
+        """Record the mean training loss since the last train record, the lrs and gradient norm of the last update
+        (the norm per group when given); None when no update ran since."""
+        st = self.state
+        if not st.loss_window or not self.last_lrs:
             return None
-        lrs = {g["group"]: g["lr"] for g in self.optimizer.param_groups}
         record = {"kind": "train", "step": st.global_step, "epoch": self._epoch_float(), "phase": st.phase,
-                  "loss": float(np.mean(st.loss_window)), "lr": lrs, "grad_norm": float(grad_norm),
-                  "grad_norms": group_norms}
+                  "loss": float(np.mean(st.loss_window)), "lr": self.last_lrs, "grad_norm": float(self.last_grad_norm),
+                  "grad_norms": group_norms or {}}
         st.loss_window = []
         self.record(record)
         return record
