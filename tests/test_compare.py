@@ -78,11 +78,12 @@ def test_random_init_keeps_the_architecture_but_not_the_pretrained_weights(tmp_p
 
 def test_a_variant_row_is_the_mean_and_std_over_its_seeds():
     seeds = ((0.8, 0.7, 10.0, 900.0, ["too-few-epochs"]), (0.9, 0.8, 12.0, 950.0, []))
-    runs = [{"eval": {"accuracy": a, "f1": f}, "train_examples": 100, "train_time_s": t, "peak_memory_mb": m,
-             "warnings": w} for a, f, t, m, w in seeds]
     phases = [ResolvedPhase(Phase(lrs={"head": 1e-3}), {"head": 1e-3}, 10, 1000),
               ResolvedPhase(Phase(lrs={"head": 1e-3, "layer.5": 1e-4}), {"head": 1e-3, "layer.5": 1e-4}, 500, 1000)]
-    row = aggregate_variant(Variant("progressive"), runs, phases)
+    runs = [{"eval": {"accuracy": a, "f1": f}, "train_examples": 100, "train_time_s": t, "peak_memory_mb": m,
+             "warnings": w, "trainable_pct": [100 * p["trainable_ratio"] for p in (ph.summary(0) for ph in phases)]}
+            for a, f, t, m, w in seeds]
+    row = aggregate_variant(Variant("progressive"), runs)
     assert row["accuracy"] == pytest.approx(0.85) and row["accuracy_std"] == pytest.approx(0.0707107)
     assert row["f1"] == pytest.approx(0.75) and row["seeds"] == 2 and row["train_time_s"] == 11.0
     assert (row["trainable_pct_min"], row["trainable_pct"]) == (1.0, 50.0) and trainable_text(row) == "1-50%"

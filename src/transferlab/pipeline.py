@@ -35,6 +35,7 @@ from transferlab.strategies.named import plan_for_config
 from transferlab.strategies.plan import ResolvedPhase
 from transferlab.tasks import task_class
 from transferlab.tasks.base import RunData, Task
+from transferlab.training.baselines import check_baseline, fit_baseline, is_baseline, score
 from transferlab.training.doctor import Doctor
 from transferlab.training.trackers import Trackers
 from transferlab.training.trainer import Trainer
@@ -140,6 +141,8 @@ def train_run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, sho
     accelerator = make_accelerator()
     run_dir = check_run_dir(cfg, resume, overwrite, accelerator)
     set_seed(cfg.seed)
+    if is_baseline(cfg.strategy.name):
+        return train_baseline_run(cfg, run_dir, accelerator, on_prepared, data)
     prep = prepare_run(cfg, data)
     if on_prepared is not None and accelerator.is_main_process:
         on_prepared(prep)
@@ -186,6 +189,47 @@ def train_run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, sho
         write_card(run_dir)
     accelerator.wait_for_everyone()
     return metrics_doc
+
+
+def train_baseline_run(cfg: RunConfig, run_dir: Path, accelerator: Accelerator, on_prepared=None,
+                       data: RunData | None = None) -> dict:
+    """Fit a baseline (tfidf, static-embeddings) in seconds and save it as an ordinary run: model/, metrics.json,
+    report, card; its 'plan' is the one fit, so tables and reports show it beside the fine-tuning plans."""
+    data = data or load_run_data(cfg)
+    backbone = open_backbone(cfg.model.name, cfg.model.max_length)
+    task = task_class(cfg.task).for_data(cfg, data, backbone.processor)
+    check_baseline(cfg.strategy.name, task)
+    train_frame = augment_train(cfg, task, data.train)
+    fitted = fit_baseline(cfg.strategy.name, task, backbone, task.encoded(train_frame), cfg.seed)
+    if on_prepared is not None and accelerator.is_main_process:
+        on_prepared(PreparedRun(fitted.model, backbone, task, None, [fitted.phase], data))
+    eval_loss, metrics = score(fitted.model, task, task.encoded(data.eval))
+    n = cfg.doctor.train_eval_examples
+    sample = data.train if len(data.train) <= n else data.train.sample(n=n, random_state=cfg.seed)
+    train_metrics = score(fitted.model, task, task.encoded(sample))[1] if n else {}
+    doc = {
+        "task": task.name, "model": cfg.model.name, "strategy": cfg.strategy.name, "plan": [fitted.phase.summary(0)],
+        "train_examples": len(data.train), "eval_examples": len(data.eval),
+        "augmented_train_examples": len(train_frame), "labels": data.labels, "eval_loss": eval_loss, "eval": metrics,
+        "train_time_s": round(fitted.fit_time_s, 2),
+        "train_samples_per_s": round(len(train_frame) / max(fitted.fit_time_s, 1e-9), 2),
+        "steps": 0, "best_step": None, "stopped_early": False, "precision": "fp32", "seed": cfg.seed,
+        "versions": versions(), "hardware": hardware(accelerator),
+        "train_subset": {"examples": len(sample) if n else 0,
+                         **{k: v for k, v in train_metrics.items() if isinstance(v, int | float)}},
+        "warnings": [],
+    }
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_yaml(cfg, run_dir / "config.yaml")
+        task.save_model(fitted.model, run_dir / "model")
+        (run_dir / "metrics.json").write_text(json.dumps(doc, indent=2))
+        (run_dir / "history.jsonl").write_text("")
+        plot_all(run_dir, [], metrics, data.labels)
+        write_report(run_dir)
+        write_card(run_dir)
+    accelerator.wait_for_everyone()
+    return doc
 
 
 def score_train_sample(cfg: RunConfig, prep: PreparedRun, trainer: Trainer) -> tuple[int, dict]:

@@ -41,6 +41,7 @@ from transferlab.pipeline import (
 from transferlab.strategies.named import build_plan, strategy_options
 from transferlab.strategies.plan import ResolvedPhase
 from transferlab.tasks.base import RunData
+from transferlab.training.baselines import check_baseline, is_baseline
 
 NO_SPREAD = "n/a"  # what the tables show for the spread of a single seed
 
@@ -142,11 +143,14 @@ def _release_free_heap() -> None:
 def compile_strategies(cfg: RunConfig, prep: PreparedRun,
                        strategies: Sequence[str]) -> dict[str, list[ResolvedPhase]]:
     """Each strategy's plan for the model's layer groups (with the adapters it adds), built before any training
-    so a bad name fails at once."""
+    so a bad name fails at once; a baseline has no plan before its fit (its features come from the data)."""
     if not strategies:
         raise UserError("No strategy given.", "Pass --strategies with a comma-separated list, e.g. full,llrd.")
     plans = {}
     for s in strategies:
+        if is_baseline(s):
+            check_baseline(s, prep.task)
+            continue
         groups = strategy_groups(cfg, prep, s)
         plans[s] = build_plan(s, groups, strategy_options(cfg)).resolve(groups)
     return plans
@@ -189,7 +193,7 @@ def run_compare(cfg: RunConfig, strategies: Sequence[str], seeds: int = 1, inits
         raise UserError(f"--seeds {seeds}: at least one seed is needed.", "Pass --seeds 1 or more.")
     base_data = load_run_data(cfg)
     check_train_sizes(train_sizes, len(base_data.train))
-    plans = compile_strategies(cfg, prepare_run(cfg, base_data), strategies)
+    compile_strategies(cfg, prepare_run(cfg, base_data), strategies)
     out_dir = check_run_dir(cfg, resume=False, overwrite=overwrite, accelerator=make_accelerator())
     augment = cfg.augment if cfg.augment.enabled else DEFAULT_AUGMENT
     flags = (False, True) if with_augment else (cfg.augment.enabled,)
@@ -209,19 +213,20 @@ def run_compare(cfg: RunConfig, strategies: Sequence[str], seeds: int = 1, inits
                          "run_dir": str(run_cfg.run_dir), "train_examples": doc["train_examples"],
                          "eval": {k: v for k, v in doc["eval"].items() if isinstance(v, int | float)},
                          "train_time_s": doc["train_time_s"], "peak_memory_mb": memory.peak_mb,
+                         "trainable_pct": [100 * p["trainable_ratio"] for p in doc["plan"]],
                          "warnings": [w["code"] for w in doc.get("warnings", [])]})
             if on_run is not None:
                 on_run(variant, seed, runs[-1])
-    rows = [aggregate_variant(v, [r for r in runs if r["variant"] == v.label], plans[v.strategy])
+    rows = [aggregate_variant(v, [r for r in runs if r["variant"] == v.label])
             for v in variants(strategies, inits, train_sizes, flags)]
     result = CompareResult(rows, runs, shown_metrics(runs[0]["eval"]))
     result.files = _write_outputs(out_dir, cfg, result, memory.method)
     return result
 
 
-def aggregate_variant(variant: Variant, runs: list[dict], phases: list[ResolvedPhase]) -> dict:
+def aggregate_variant(variant: Variant, runs: list[dict]) -> dict:
     """One variant over its seeds: trainable share, mean ± std of each metric, mean time, peak memory."""
-    ratios = [100 * p.trainable_ratio for p in phases]
+    ratios = runs[0]["trainable_pct"]
     metrics = aggregate_metrics([r["eval"] for r in runs])
     row = {"variant": variant.label, "strategy": variant.strategy, "init": variant.init,
            "train_size": runs[0]["train_examples"], "augment": variant.augment, "seeds": len(runs),

@@ -25,6 +25,7 @@ from transformers import (
     PreTrainedModel,
 )
 
+from transferlab.models.baselines import BaselineConfig, BaselineForSequenceClassification
 from transferlab.models.modeling_transferlab import (
     TransferlabConfig,
     TransferlabForQuestionAnswering,
@@ -96,8 +97,11 @@ def standard_form(model: nn.Module) -> PreTrainedModel | None:
 def load_task_model(model_dir: Path, model_class: type[PreTrainedModel]) -> PreTrainedModel:
     """A saved task model as the transferlab class `model_class`, whichever form it was saved in."""
     config = json.loads((model_dir / "config.json").read_text())
-    if config.get("model_type") == TransferlabConfig.model_type:
-        return model_class.from_pretrained(str(model_dir)).eval()
+    # saved in their own class, not a transformers counterpart: the head models and the fitted baselines
+    own_classes = {TransferlabConfig.model_type: model_class,
+                   BaselineConfig.model_type: BaselineForSequenceClassification}
+    if config.get("model_type") in own_classes:
+        return own_classes[config["model_type"]].from_pretrained(str(model_dir)).eval()
     own = {k: config[k] for k in config.get(FIELDS_KEY, []) if k in config}
     labels = {k: config[k] for k in _LABEL_KEYS if k in config}
     backbone = {k: v for k, v in config.items() if k not in {*own, *labels, FIELDS_KEY, "architectures"}}

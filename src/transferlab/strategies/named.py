@@ -23,6 +23,9 @@ HEAD_LR = 1e-3  # a new, randomly initialised head needs a far higher lr than th
 LORA_LR, BITFIT_LR, PROMPT_LR = 5e-4, 1e-3, 3e-2
 FASTAI_DECAY = 1 / 2.6  # fastai / ULMFiT: each layer group down gets the lr divided by 2.6
 DECAY_PRESETS = {"fastai": FASTAI_DECAY}
+# fitted in seconds with scikit-learn, no plan over layer groups (training/baselines.py); `auto` probes and picks
+BASELINES = ("tfidf", "static-embeddings")
+AUTO = "auto"
 
 
 class StrategyOptions(BaseModel):
@@ -283,13 +286,18 @@ USAGE = {"freeze-bottom": "freeze-bottom:N", "freeze-top": "freeze-top:N", "prog
 
 
 def strategy_usage() -> str:
-    """`full, feature-extraction, freeze-bottom:N, ...`: every strategy with its argument."""
-    return ", ".join(USAGE.get(name, name) for name in STRATEGIES)
+    """`full, feature-extraction, freeze-bottom:N, ..., tfidf, static-embeddings, auto`: every strategy with its
+    argument."""
+    return ", ".join([*(USAGE.get(name, name) for name in STRATEGIES), *BASELINES, AUTO])
 
 
 def build_plan(strategy: str, groups: LayerGroups, opts: StrategyOptions) -> Plan:
     """Compile a strategy name such as `freeze-bottom:4` or `llrd:0.8` into a Plan for these layer groups."""
     name, sep, raw_arg = strategy.partition(":")
+    if name in BASELINES:
+        raise UserError(f"'{strategy}' is a baseline fitted with scikit-learn, not a plan over layer groups: it has "
+                        "no phases to show.", f"Train it (transferlab train --strategy {strategy}) or compare it "
+                        f"(transferlab compare --strategies {strategy},full); `plan` shows fine-tuning strategies.")
     if name not in STRATEGIES:
         raise UserError(f"Unknown strategy '{strategy}'.", f"Choose one of: {strategy_usage()}.")
     if opts.phases is not None and name != "custom":
