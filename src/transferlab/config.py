@@ -107,6 +107,8 @@ class StrategyConfig(ConfigSection):
     prompt: PromptOptions | None = Field(None, description="prompt-tuning options; given with a custom plan, adds "
                                                            "the virtual tokens")
     keep_adapters: bool = Field(False, description="also save the adapters and head alone (peft format) in adapter/")
+    budget: str | None = Field(None, description="auto: time for probes + the chosen run (90s, 10m, 1h, or 3ep = "
+                                                 "3 epochs of full fine-tuning); None = no limit")
 
     @model_validator(mode="after")
     def _phases_mean_custom(self) -> StrategyConfig:

@@ -95,3 +95,18 @@ def metrics_table(metrics: dict, title: str = "held-out metrics") -> Table:
     for name, row in metrics.get("per_class", {}).items():
         table.add_row(f"{name} (P / R / F1)", f"{row['precision']:.3f} / {row['recall']:.3f} / {row['f1']:.3f}")
     return table
+
+
+def auto_table(candidates: list, title: str) -> Table:
+    """`--strategy auto`'s reasoning: each candidate, why it was considered, what its probe measured, the decision."""
+    table = Table(title=title, title_justify="left")
+    for col in ("candidate", "considered because", "trainable", "probe score", "probe time", "predicted time",
+                "decision"):
+        table.add_column(col, overflow="fold")
+    for c in candidates:
+        predicted = "—" if c.predicted_time_s is None else f"{c.predicted_time_s:.0f}s" + \
+            (f" ({c.epochs:g} epochs)" if c.epochs else "")
+        table.add_row(c.strategy, c.why, "—" if c.trainable_pct is None else f"{c.trainable_pct:.3g}%",
+                      "—" if c.probe_score is None else f"{c.probe_score:.4f}",
+                      "—" if c.probe_time_s is None else f"{c.probe_time_s:.1f}s", predicted, c.decision or "—")
+    return table

@@ -133,16 +133,17 @@ def make_accelerator() -> Accelerator:
 
 
 def train_run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, show_progress: bool = True,
-              on_prepared=None, data: RunData | None = None, callbacks: tuple = ()) -> dict:
+              on_prepared=None, data: RunData | None = None, callbacks: tuple = (), extra: dict | None = None) -> dict:
     """Train and evaluate one run end to end; write model/, metrics.json, history.jsonl, plots/, report.html.
 
-    `data` replaces the examples the config names (k-fold, learning curves); `callbacks` see each history record.
+    `data` replaces the examples the config names (k-fold, learning curves); `callbacks` see each history record;
+    `extra` joins metrics.json (e.g. how `--strategy auto` chose the plan).
     """
     accelerator = make_accelerator()
     run_dir = check_run_dir(cfg, resume, overwrite, accelerator)
     set_seed(cfg.seed)
     if is_baseline(cfg.strategy.name):
-        return train_baseline_run(cfg, run_dir, accelerator, on_prepared, data)
+        return train_baseline_run(cfg, run_dir, accelerator, on_prepared, data, extra)
     prep = prepare_run(cfg, data)
     if on_prepared is not None and accelerator.is_main_process:
         on_prepared(prep)
@@ -177,6 +178,7 @@ def train_run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, sho
         "train_subset": {"examples": train_scored,
                          **{k: v for k, v in train_metrics.items() if isinstance(v, int | float)}},
         "warnings": doctor.finish(trainer.history, train_metrics, metrics, trainer.metric),
+        **(extra or {}),
     }
     if accelerator.is_main_process:
         if cfg.strategy.keep_adapters:
@@ -192,7 +194,7 @@ def train_run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, sho
 
 
 def train_baseline_run(cfg: RunConfig, run_dir: Path, accelerator: Accelerator, on_prepared=None,
-                       data: RunData | None = None) -> dict:
+                       data: RunData | None = None, extra: dict | None = None) -> dict:
     """Fit a baseline (tfidf, static-embeddings) in seconds and save it as an ordinary run: model/, metrics.json,
     report, card; its 'plan' is the one fit, so tables and reports show it beside the fine-tuning plans."""
     data = data or load_run_data(cfg)
@@ -217,7 +219,7 @@ def train_baseline_run(cfg: RunConfig, run_dir: Path, accelerator: Accelerator, 
         "versions": versions(), "hardware": hardware(accelerator),
         "train_subset": {"examples": len(sample) if n else 0,
                          **{k: v for k, v in train_metrics.items() if isinstance(v, int | float)}},
-        "warnings": [],
+        "warnings": [], **(extra or {}),
     }
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)

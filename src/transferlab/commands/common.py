@@ -21,7 +21,7 @@ FLAG_FIELDS: dict[str, str | tuple[str, ...]] = {
     "epochs": "training.epochs", "batch_size": "training.batch_size", "max_length": "model.max_length",
     "pooling": "model.pooling", "eval_every": "training.eval_every", "patience": "training.early_stopping_patience",
     "seed": "seed", "name": "name", "output": "output_dir", "crf": "ner.crf", "task": "task",
-    "keep_adapters": "strategy.keep_adapters",
+    "keep_adapters": "strategy.keep_adapters", "budget": "strategy.budget",
     "warmup": "training.warmup", "schedule": "training.schedule", "grad_accum": "training.grad_accum",
     "weight_decay": "training.weight_decay", "dropout": ("model.head_dropout", "model.backbone_dropout"),
 }

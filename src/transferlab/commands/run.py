@@ -10,9 +10,9 @@ import typer
 
 from transferlab.commands.common import FLAG_FIELDS, Opt, console, print_warnings, resolve_config, with_augment
 from transferlab.config import RunConfig
-from transferlab.console import adapter_summary, metrics_table, plan_table
+from transferlab.console import adapter_summary, auto_table, metrics_table, plan_table
 from transferlab.errors import UserError
-from transferlab.strategies.named import strategy_usage
+from transferlab.strategies.named import AUTO, strategy_usage
 
 if TYPE_CHECKING:  # heavy libraries load inside the commands that use them: `--help` answers at once
     import pandas as pd
@@ -31,13 +31,29 @@ def _train_and_show(cfg: RunConfig, resume: bool, overwrite: bool) -> dict:
 
     from transferlab.pipeline import train_run
 
+    title = f"plan: {cfg.strategy.name}"
+
     def show_plan(prep) -> None:
         d = prep.data
         console.print(f"[bold]{cfg.model.name}[/] on [bold]{cfg.data.train}[/]: {len(d.train):,} train / "
                       f"{len(d.eval):,} eval examples" + (f", labels {', '.join(d.labels)}" if d.labels else ""))
-        console.print(plan_table(prep.phases, f"plan: {cfg.strategy.name}"))
+        console.print(plan_table(prep.phases, title))
 
-    doc = train_run(cfg, resume=resume, overwrite=overwrite, on_prepared=show_plan)
+    if cfg.strategy.name == AUTO and not resume:
+        from transferlab.lab.auto import run_auto
+
+        def show_decision(decision) -> None:
+            console.print(f"[bold]auto[/]: {decision.train_examples:,} train examples, {decision.classes} classes, "
+                          f"{decision.model_params:,} parameters, budget {decision.budget or 'none'}; probes took "
+                          f"{decision.probe_time_s:.0f}s on {decision.probe_train_examples:,} + "
+                          f"{decision.probe_eval_examples:,} training examples")
+            console.print(auto_table(decision.candidates, f"auto: {decision.chosen} chosen"))
+            nonlocal title
+            title = f"plan: {decision.chosen} (chosen by auto)"
+
+        doc = run_auto(cfg, overwrite=overwrite, on_decided=show_decision, on_prepared=show_plan)
+    else:
+        doc = train_run(cfg, resume=resume, overwrite=overwrite, on_prepared=show_plan)
     if not PartialState().is_main_process:  # the other processes of `accelerate launch` stay quiet
         return doc
     console.print(metrics_table(doc["eval"]))
@@ -89,8 +105,11 @@ def train(
                                              "per metric (cv.json)")] = None,
     keep_adapters: Opt[bool | None, typer.Option("--keep-adapters/--no-keep-adapters", help="also save the "
                                                  "adapters and head alone (peft format) in RUN/adapter/")] = None,
+    budget: Opt[str | None, typer.Option(help="--strategy auto: time for the probes and the chosen run, e.g. 90s, "
+                                              "10m, 1h, or 3ep (3 epochs of full fine-tuning)")] = None,
 ) -> None:
-    """Fine-tune a pretrained model on labelled data with a transfer-learning strategy."""
+    """Fine-tune a pretrained model on labelled data with a transfer-learning strategy (or `--strategy auto`: probe
+    the plans the data size suggests and train the best that fits --budget)."""
     flags = {k: v for k, v in locals().items() if k in FLAG_FIELDS}
     if resume:
         run_dir = Path(output or "runs") / (name or "run")
@@ -146,6 +165,9 @@ def plan(
     flags = {"strategy": strategy, "model": model, "lr": lr, "head_lr": head_lr, "epochs": epochs, "warmup": warmup,
              "schedule": schedule}
     cfg = resolve_config(config, flags, set_ or [])
+    if cfg.strategy.name == AUTO:
+        _explain_auto(cfg)
+        return
     prep = prepare_run(cfg)
     console.print(plan_table(prep.phases, f"plan: {cfg.strategy.name} on {cfg.model.name}"))
     adapters = adapter_summary(prep.groups)
@@ -155,6 +177,25 @@ def plan(
         point = cache_point(prep.model, prep.groups, phase.lrs) if cfg.training.feature_cache else None
         if point is not None:
             console.print(f"phase {i + 1}: frozen-feature cache: {point.describe()}, computed once")
+
+
+def _explain_auto(cfg: RunConfig) -> None:
+    """`plan --strategy auto`: what auto reads and which candidates it would probe, and why."""
+    from rich.table import Table
+
+    from transferlab.lab.auto import explain
+
+    facts, found = explain(cfg)
+    for key, value in facts.items():
+        console.print(f"[bold]{key}[/]: {value}")
+    table = Table(title="auto would probe", title_justify="left")
+    table.add_column("candidate")
+    table.add_column("considered because")
+    for c in found:
+        table.add_row(c.strategy, c.why)
+    console.print(table)
+    console.print("each probe's score and time per example decide: the best score whose full run fits in what is "
+                  "left of the budget trains (see docs/strategies.md#auto)")
 
 
 def _saved_run(run: Path, columns: dict[str, str | None]):

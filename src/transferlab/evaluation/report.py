@@ -24,7 +24,11 @@ PLOT_TITLES = {
     "weight_change": "Relative weight change per group",
 }
 # metrics.json keys that have their own place; other scalars join the overview, other nested values "Other".
-_RENDERED_KEYS = {"task", "model", "strategy", "plan", "eval", "train_time_s", "warnings", "seed", "versions"}
+_RENDERED_KEYS = {"task", "model", "strategy", "plan", "eval", "train_time_s", "warnings", "seed", "versions",
+                  "auto"}
+AUTO_COLUMNS = {"strategy": "candidate", "why": "considered because", "trainable_pct": "trainable %",
+                "probe_score": "probe score", "probe_time_s": "probe time (s)",
+                "predicted_time_s": "predicted time (s)", "epochs": "epochs", "decision": "decision"}
 
 
 class Cell(NamedTuple):
@@ -281,6 +285,8 @@ def write_report(run_dir: Path) -> Path:
     if metrics.get("warnings"):
         warnings = [_warning(w) for w in metrics["warnings"]]
         page.sections.append(Section(f"Warnings ({len(warnings)})", "warnings", warnings))
+    if isinstance(metrics.get("auto"), Mapping):
+        page.sections.append(_auto_section(metrics["auto"]))
     if metrics.get("plan"):
         page.sections.append(Section("Plan", "tables", [_plan_table(metrics["plan"])]))
     if tables := _metric_tables(evals):
@@ -300,6 +306,17 @@ def write_report(run_dir: Path) -> Path:
     if other:
         page.sections.append(Section("Other", "facts", other, folded=True))
     return _render(page, run_dir / "report.html")
+
+
+def _auto_section(auto: Mapping) -> Section:
+    """How `--strategy auto` chose the plan: what it read, then one row per candidate with its probe and verdict."""
+    facts = (f"{_fmt(auto.get('train_examples'))} train examples, {_fmt(auto.get('classes'))} classes, "
+             f"{_fmt(auto.get('model_params'))} parameters, budget {_fmt(auto.get('budget') or 'none')}; probes on "
+             f"{_fmt(auto.get('probe_train_examples'))} + {_fmt(auto.get('probe_eval_examples'))} training examples "
+             f"took {_fmt(auto.get('probe_time_s'))} s; chosen: {_fmt(auto.get('chosen'))}")
+    rows = [[Cell(_fmt(c.get(key)), c.get("strategy") == auto.get("chosen")) for key in AUTO_COLUMNS]
+            for c in auto.get("candidates", [])]
+    return Section("How auto chose the plan", "tables", [Table(list(AUTO_COLUMNS.values()), rows, facts)])
 
 
 def _best_cells(rows: Sequence[Mapping], columns: Sequence[str]) -> set[tuple[int, str]]:

@@ -298,6 +298,10 @@ def build_plan(strategy: str, groups: LayerGroups, opts: StrategyOptions) -> Pla
         raise UserError(f"'{strategy}' is a baseline fitted with scikit-learn, not a plan over layer groups: it has "
                         "no phases to show.", f"Train it (transferlab train --strategy {strategy}) or compare it "
                         f"(transferlab compare --strategies {strategy},full); `plan` shows fine-tuning strategies.")
+    if name == AUTO:
+        raise UserError("'auto' chooses a plan by probing candidates; it is not a plan itself.",
+                        "Use it with `transferlab train --strategy auto` (and `plan --strategy auto` to see what it "
+                        "would probe); compare and search take named strategies.")
     if name not in STRATEGIES:
         raise UserError(f"Unknown strategy '{strategy}'.", f"Choose one of: {strategy_usage()}.")
     if opts.phases is not None and name != "custom":

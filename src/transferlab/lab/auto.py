@@ -1,0 +1,285 @@
+"""`--strategy auto`: rules of thumb propose candidate plans, short probes measure them, the best that fits the
+budget trains.
+
+The course's rules of thumb (under ~1,000 examples extract features or adapt few parameters, 1,000-10,000 freeze
+the bottom, above 10,000 fine-tune fully) name where to look; LoRA and layer-wise lr decay join at every size.
+Each candidate then trains for one epoch of a stratified probe subset of the training split (a fraction of a full
+epoch once the data is larger than the subset) and is scored on another stratified slice of the training split,
+so the run's own held-out data never takes part in the choice. The probe's time per example, scaled to the whole
+training split and the configured epochs, predicts the full run's time; the best probe score whose full run fits
+in what is left of the budget wins (a faster plan within `TIE` of the best is preferred).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from accelerate.utils import set_seed
+
+from transferlab.backbones import open_backbone
+from transferlab.config import RunConfig, build_config
+from transferlab.data.splits import stratified_split, subsample
+from transferlab.errors import UserError
+from transferlab.pipeline import PreparedRun, load_run_data, make_accelerator, prepare_run, train_run
+from transferlab.strategies.named import AUTO
+from transferlab.tasks import task_class
+from transferlab.tasks.base import RunData
+from transferlab.training.baselines import check_baseline, fit_baseline, is_baseline, score
+from transferlab.training.trainer import Trainer
+
+SMALL, LARGE = 1_000, 10_000  # the rules of thumb's data sizes
+PROBE_TRAIN = 1_000  # most examples a probe trains on
+PROBE_EVAL = 500  # most examples a probe is scored on
+PROBE_EPOCHS = 1.0  # over the probe subset
+TIE = 0.005  # probe scores this close count as equal: the faster plan wins
+MIN_FINAL_EPOCHS = 0.5  # a plan whose full run would get fewer epochs than this within the budget is not chosen
+BASELINE_PROBE_S = 2.0  # a baseline's probe (fit + score) on a probe subset: a few seconds
+_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+@dataclass
+class Candidate:
+    """One plan auto considers, why, and what its probe measured."""
+
+    strategy: str
+    why: str
+    trainable_pct: float | None = None
+    probe_score: float | None = None
+    probe_time_s: float | None = None
+    predicted_time_s: float | None = None
+    epochs: float | None = None
+    decision: str = ""
+
+
+@dataclass
+class Budget:
+    """Seconds the whole of `auto` may take (probes + the final run); None = no limit."""
+
+    seconds: float | None
+    text: str | None
+
+    def left(self, start: float) -> float:
+        return math.inf if self.seconds is None else self.seconds - (time.perf_counter() - start)
+
+
+def parse_budget(text: str | None, epoch_s: Callable[[], float]) -> Budget:
+    """`90s`, `10m`, `1h30m`, a plain number of seconds, or `3ep`: the time of 3 epochs of full fine-tuning on this
+    data, estimated from one timed training step (`epoch_s`)."""
+    if text is None:
+        return Budget(None, None)
+    raw = text.strip().lower()
+    if m := re.fullmatch(r"(\d+(?:\.\d+)?)\s*ep(?:ochs?)?", raw):
+        return Budget(float(m[1]) * epoch_s(), text)
+    if re.fullmatch(r"\d+(?:\.\d+)?", raw):
+        return Budget(float(raw), text)
+    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([smh])", raw)
+    if not parts or "".join(f"{n}{u}" for n, u in parts) != raw.replace(" ", ""):
+        raise UserError(f"--budget '{text}' is not a duration.",
+                        "Write e.g. --budget 90s, 10m, 1h30m, or 3ep (the time of 3 epochs of full fine-tuning).")
+    return Budget(sum(float(n) * _UNITS[u] for n, u in parts), text)
+
+
+def candidates(train_examples: int, num_layers: int) -> list[Candidate]:
+    """The plans the rules of thumb suggest for this much data, with LoRA and layer-wise lr decay at every size."""
+    if train_examples < SMALL:
+        rule = f"< {SMALL:,} examples: features or few parameters"
+        found = [Candidate("tfidf", f"{rule} (classical reference)"), Candidate("feature-extraction", rule),
+                 Candidate("bitfit", rule)]
+    elif train_examples <= LARGE:
+        found = [Candidate(f"freeze-bottom:{num_layers // 2}",
+                           f"{SMALL:,}-{LARGE:,} examples: freeze the bottom half")]
+    else:
+        found = [Candidate("full", f"> {LARGE:,} examples: fine-tune everything")]
+    return found + [Candidate("lora", "few trainable parameters at any size"),
+                    Candidate("llrd", "every layer at a rate decaying downwards, at any size")]
+
+
+def probe_split(data: RunData, seed: int) -> RunData:
+    """A stratified probe subset of the training split and a disjoint stratified slice of it to score probes on."""
+    classes = data.train["label"].nunique()
+    n_eval = min(PROBE_EVAL, max(2 * classes, round(0.2 * len(data.train))))
+    if len(data.train) - n_eval < 2 * classes:
+        raise UserError(f"--strategy auto needs at least {4 * classes} training examples to probe plans on "
+                        f"({classes} classes), but the training split has {len(data.train)}.",
+                        "Add data, or name a strategy yourself (e.g. --strategy feature-extraction).")
+    train, evaluation = stratified_split(data.train, n_eval / len(data.train), seed)
+    if len(train) > PROBE_TRAIN:
+        train = subsample(train, PROBE_TRAIN, seed)
+    return RunData(train.reset_index(drop=True), evaluation.reset_index(drop=True), data.labels)
+
+
+def with_strategy(cfg: RunConfig, strategy: str, **training) -> RunConfig:
+    """`cfg` with another strategy (and training fields); validated like any config."""
+    doc = cfg.model_dump(mode="json")
+    doc["strategy"]["name"] = strategy
+    doc["training"].update(training)
+    return build_config(doc, f"--strategy auto (candidate {strategy})")
+
+
+def step_seconds_per_example(prep: PreparedRun, batch_size: int) -> float:
+    """Seconds per example of one full fine-tuning step (forward + backward over every weight), timed on a batch
+    after one warm-up step: what budgets in epochs and the cost of a probe are estimated from."""
+    batch_frame = prep.data.train.head(min(len(prep.data.train), batch_size))
+    batch = prep.task.collate(prep.task.encode(batch_frame))
+    inputs = {k: v for k, v in batch.items() if not k.startswith("_")}
+    prep.model.train()
+    timings = []
+    for _ in range(2):
+        start = time.perf_counter()
+        prep.model(**inputs).loss.backward()
+        timings.append(time.perf_counter() - start)
+    return timings[-1] / len(batch_frame)
+
+
+def estimated_probe_s(candidate: Candidate, probe: RunData, per_example_s: float) -> float:
+    """An upper bound of a probe's seconds: a full step per probe example, a third of one per scored example."""
+    scoring = per_example_s * len(probe.eval) / 3
+    if is_baseline(candidate.strategy):
+        return BASELINE_PROBE_S + scoring
+    return per_example_s * len(probe.train) * PROBE_EPOCHS + scoring
+
+
+def run_probe(cfg: RunConfig, strategy: str, probe: RunData) -> tuple[float, float, float]:
+    """(score on the probe slice, training seconds, trainable %) of `strategy` trained on the probe subset."""
+    set_seed(cfg.seed)
+    if is_baseline(strategy):
+        backbone = open_backbone(cfg.model.name, cfg.model.max_length)
+        task = task_class(cfg.task).for_data(cfg, probe, backbone.processor)
+        check_baseline(strategy, task)
+        fitted = fit_baseline(strategy, task, backbone, task.encoded(probe.train), cfg.seed)
+        metrics = score(fitted.model, task, task.encoded(probe.eval))[1]
+        return metrics[task.metric], fitted.fit_time_s, 100 * fitted.phase.trainable_ratio
+    probe_cfg = with_strategy(cfg, strategy, epochs=PROBE_EPOCHS, eval_every=None, save_every=None,
+                              early_stopping_patience=None, restore_best=False)
+    prep = prepare_run(probe_cfg, probe)
+    trainable = 100 * max(p.trainable_ratio for p in prep.phases)
+    train, evaluation = prep.task.encoded(probe.train), prep.task.encoded(probe.eval)
+    with tempfile.TemporaryDirectory(prefix="transferlab-auto-") as work:
+        trainer = Trainer(prep.model, prep.task, prep.groups, prep.phases, train, evaluation, probe_cfg.training,
+                          cfg.seed, Path(work), make_accelerator(), show_progress=False)
+        start = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - start
+        metrics = trainer.evaluate()[1]
+    return metrics[trainer.metric], seconds, trainable
+
+
+@dataclass
+class AutoDecision:
+    """What auto saw, probed and chose: recorded in metrics.json (`auto`) and the report."""
+
+    chosen: str
+    epochs: float
+    reason: str
+    train_examples: int
+    classes: int
+    model_params: int
+    budget: str | None
+    budget_s: float | None
+    probe_train_examples: int
+    probe_eval_examples: int
+    probe_time_s: float
+    candidates: list[Candidate]
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def _decide(found: list[Candidate], left_s: float, epochs: float, scale: float) -> tuple[Candidate, float, str]:
+    """The chosen candidate, its epochs and why; every candidate's `decision` filled in."""
+    fitting = []
+    for c in found:
+        if c.probe_score is None:
+            continue
+        full_s = c.probe_time_s * scale * (1.0 if is_baseline(c.strategy) else epochs / PROBE_EPOCHS)
+        c.predicted_time_s = round(full_s, 1)
+        c.epochs = None if is_baseline(c.strategy) else epochs
+        if full_s > left_s:
+            fit_epochs = epochs * left_s / full_s
+            if is_baseline(c.strategy) or fit_epochs < MIN_FINAL_EPOCHS:
+                c.decision = f"over budget: predicted {full_s:.0f}s > {max(left_s, 0):.0f}s left"
+                continue
+            c.epochs, c.predicted_time_s = round(fit_epochs, 2), round(left_s, 1)
+        fitting.append(c)
+    if not fitting:
+        raise UserError("--strategy auto: no probed plan can train on all the data within what is left of the "
+                        f"budget ({max(left_s, 0):.0f}s).", "Raise --budget, or train on fewer examples "
+                        "(--max-train-examples).")
+    best = max(c.probe_score for c in fitting)
+    near = [c for c in fitting if c.probe_score >= best - TIE]
+    chosen = min(near, key=lambda c: c.predicted_time_s)
+    for c in fitting:
+        if c is chosen:
+            faster = " (fastest within 0.5 point of the best)" if len(near) > 1 else ""
+            c.decision = f"chosen: best probe score{faster}"
+        elif c in near:
+            c.decision = f"as good, slower than {chosen.strategy}"
+        else:
+            c.decision = f"probe score {c.probe_score:.4f} < {chosen.probe_score:.4f} of {chosen.strategy}"
+    return chosen, chosen.epochs or epochs, chosen.decision
+
+
+def run_auto(cfg: RunConfig, overwrite: bool = False, show_progress: bool = True,
+             on_decided: Callable[[AutoDecision], None] | None = None, on_prepared=None) -> dict:
+    """Probe the candidate plans, train the chosen one on all the data as run cfg.name, record the decision."""
+    start = time.perf_counter()
+    if cfg.run_dir.exists() and any(cfg.run_dir.iterdir()) and not overwrite:  # before minutes of probing
+        raise UserError(f"Run directory '{cfg.run_dir}' already holds a run.",
+                        "Pass --overwrite to replace it, or choose another --name.")
+    data = load_run_data(cfg)
+    probe = probe_split(data, cfg.seed)
+    full_prep = prepare_run(with_strategy(cfg, "full"), probe)
+    per_example_s = step_seconds_per_example(full_prep, cfg.training.batch_size)
+    budget = parse_budget(cfg.strategy.budget, lambda: per_example_s * len(data.train))
+    found = candidates(len(data.train), full_prep.groups.num_layers)
+    cheapest = min(estimated_probe_s(c, probe, per_example_s) for c in found)
+    if budget.left(start) < cheapest:
+        raise UserError(f"--budget {budget.text} is too small for any probe: the cheapest candidate "
+                        f"({min(found, key=lambda c: estimated_probe_s(c, probe, per_example_s)).strategy}) needs "
+                        f"about {math.ceil(cheapest)}s to probe on {len(probe.train)} + {len(probe.eval)} examples, "
+                        f"and {math.ceil(time.perf_counter() - start)}s went on reading the data and timing a step.",
+                        f"Pass --budget {math.ceil(time.perf_counter() - start + cheapest) + 1}s or more (the chosen "
+                        "plan then needs time to train too), or name a strategy yourself.")
+    for c in sorted(found, key=lambda c: estimated_probe_s(c, probe, per_example_s)):
+        if estimated_probe_s(c, probe, per_example_s) > budget.left(start):
+            c.decision = "no time left to probe it"
+            continue
+        c.probe_score, seconds, c.trainable_pct = run_probe(cfg, c.strategy, probe)
+        c.probe_time_s = round(seconds, 2)
+    probe_time = time.perf_counter() - start
+    scale = len(data.train) / len(probe.train)
+    chosen, epochs, reason = _decide(found, budget.left(start), cfg.training.epochs, scale)
+    decision = AutoDecision(chosen.strategy, epochs, reason, len(data.train), len(data.labels or []),
+                            full_prep.groups.total, budget.text, budget.seconds and round(budget.seconds, 1),
+                            len(probe.train), len(probe.eval), round(probe_time, 1), found)
+    if on_decided is not None:
+        on_decided(decision)
+    final = with_strategy(cfg, chosen.strategy, epochs=epochs)
+    final.strategy.budget = None  # the saved config re-runs the chosen plan as is
+    return train_run(final, overwrite=overwrite, show_progress=show_progress, on_prepared=on_prepared, data=data,
+                     extra={"auto": decision.to_json()})
+
+
+def is_auto(cfg: RunConfig) -> bool:
+    """Whether the config asks auto to pick the plan."""
+    return cfg.strategy.name == AUTO
+
+
+def explain(cfg: RunConfig) -> tuple[dict, list[Candidate]]:
+    """What `train --strategy auto` would read and probe, without training (for `plan --strategy auto`)."""
+    data = load_run_data(cfg)
+    probe = probe_split(data, cfg.seed)
+    prep = prepare_run(with_strategy(cfg, "full"), probe)
+    facts = {"train examples": f"{len(data.train):,}", "classes": str(len(data.labels or [])),
+             "model parameters": f"{prep.groups.total:,}",
+             "probe": f"{PROBE_EPOCHS:g} epoch on {len(probe.train):,} stratified training examples "
+                      f"({100 * len(probe.train) / len(data.train):.0f}% of an epoch of all the data), scored on "
+                      f"{len(probe.eval):,} others",
+             "budget": cfg.strategy.budget or "none: every candidate is probed, the best trains"}
+    return facts, candidates(len(data.train), prep.groups.num_layers)
