@@ -1,0 +1,91 @@
+"""`--strategy auto`: the candidates the rules of thumb propose, budgets, the decision rule, and one real probe and
+training on 60 examples with the decision recorded in metrics.json and the report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from transferlab.errors import UserError
+from transferlab.lab import auto
+from transferlab.lab.auto import Candidate, candidates, parse_budget
+
+TINY = ["--max-train-examples", "60", "--max-eval-examples", "30", "--max-length", "32", "--batch-size", "16"]
+
+
+def test_budgets_are_durations_or_epochs_of_full_fine_tuning():
+    epoch = lambda: 40.0  # noqa: E731  (seconds of one full fine-tuning epoch, as auto estimates it)
+    assert parse_budget("90s", epoch).seconds == 90 and parse_budget("10m", epoch).seconds == 600
+    assert parse_budget("1h30m", epoch).seconds == 5400 and parse_budget("45", epoch).seconds == 45
+    assert parse_budget("3ep", epoch).seconds == 120 and parse_budget(None, epoch).seconds is None
+    for bad in ("ten minutes", "10 parsecs", "m"):
+        with pytest.raises(UserError, match="not a duration"):
+            parse_budget(bad, epoch)
+
+
+def test_candidates_follow_the_rules_of_thumb_plus_lora_and_llrd():
+    names = lambda n: [c.strategy for c in candidates(n, 6)]  # noqa: E731
+    assert names(500) == ["tfidf", "feature-extraction", "bitfit", "lora", "llrd"]
+    assert names(5_000) == ["freeze-bottom:3", "lora", "llrd"]
+    assert names(50_000) == ["full", "lora", "llrd"]
+
+
+def probed(strategy: str, score: float, seconds: float) -> Candidate:
+    return Candidate(strategy, "test", probe_score=score, probe_time_s=seconds)
+
+
+def test_the_best_probe_that_fits_the_budget_wins_and_ties_go_to_the_faster():
+    found = [probed("tfidf", 0.70, 1.0), probed("lora", 0.84, 10.0), probed("llrd", 0.842, 30.0),
+             probed("full", 0.90, 400.0), Candidate("bitfit", "test", decision="no time left to probe it")]
+    # scale 10 (probe on a tenth of the data), 3 epochs: lora 300s, llrd 900s, full 12,000s predicted
+    chosen, epochs, reason = auto._decide(found, left_s=1000, epochs=3, scale=10)
+    assert (chosen.strategy, epochs) == ("lora", 3) and "fastest within 0.5 point" in reason
+    by_name = {c.strategy: c for c in found}
+    assert by_name["llrd"].decision == "as good, slower than lora"
+    assert by_name["full"].decision.startswith("over budget: predicted 12000s")  # 1,000s: a quarter of an epoch
+    assert by_name["tfidf"].decision.startswith("probe score 0.7000 < 0.8400")
+    assert by_name["bitfit"].decision == "no time left to probe it"
+
+
+def test_a_plan_too_long_for_the_budget_trains_fewer_epochs_when_it_is_the_best():
+    found = [probed("tfidf", 0.70, 1.0), probed("full", 0.90, 100.0)]
+    chosen, epochs, _ = auto._decide(found, left_s=2000, epochs=3, scale=10)
+    assert chosen.strategy == "full" and epochs == pytest.approx(2.0) and chosen.predicted_time_s == 2000
+    with pytest.raises(UserError, match="no probed plan"):
+        auto._decide([probed("full", 0.9, 100.0)], left_s=100, epochs=3, scale=10)
+
+
+def test_a_budget_too_small_for_any_probe_names_the_minimum(tmp_path, transferlab_cli, capsys):
+    code = transferlab_cli("train", "--strategy", "auto", "--budget", "1s", *TINY, "--output", tmp_path)
+    err = capsys.readouterr().err
+    assert code == 2 and "too small for any probe" in err and "Pass --budget" in err
+    assert "Traceback" not in err and not (tmp_path / "run").exists()
+
+
+def test_plan_auto_explains_what_it_would_probe(transferlab_cli, capsys):
+    assert transferlab_cli("plan", "--strategy", "auto", "--set", "data.max_train_examples=60") == 0
+    out = capsys.readouterr().out
+    assert "train examples: 60" in out and "auto would probe" in out
+    assert all(name in out for name in ("tfidf", "feature-extraction", "lora", "llrd"))
+
+
+def test_auto_probes_prints_its_reasoning_trains_the_choice_and_records_it(tmp_path, transferlab_cli, capsys,
+                                                                          monkeypatch):
+    two = lambda n, layers: [Candidate("tfidf", "cheap reference"),  # noqa: E731  (two probes keep the test short)
+                             Candidate("feature-extraction", "few examples")]
+    monkeypatch.setattr(auto, "candidates", two)
+    code = transferlab_cli("train", "--strategy", "auto", "--budget", "10m", *TINY, "--output", tmp_path,
+                           "--name", "auto")
+    out = capsys.readouterr().out
+    assert code == 0 and "auto:" in out and "probe score" in out and "chosen" in out
+    doc = json.loads((tmp_path / "auto" / "metrics.json").read_text())
+    decision = doc["auto"]
+    assert doc["strategy"] == decision["chosen"] in ("tfidf", "feature-extraction")
+    assert decision["budget"] == "10m" and decision["train_examples"] == 60 and decision["classes"] == 2
+    assert decision["probe_train_examples"] + decision["probe_eval_examples"] == 60
+    rows = {c["strategy"]: c for c in decision["candidates"]}
+    assert all(0 <= r["probe_score"] <= 1 and r["probe_time_s"] > 0 for r in rows.values())
+    assert rows[decision["chosen"]]["decision"].startswith("chosen")
+    assert "How auto chose the plan" in (tmp_path / "auto" / "report.html").read_text()
+    assert f"name: {decision['chosen']}" in (tmp_path / "auto" / "config.yaml").read_text()  # re-runs the choice
