@@ -226,13 +226,16 @@ def _decide(found: list[Candidate], left_s: float, epochs: float, scale: float) 
 
 
 def run_auto(cfg: RunConfig, overwrite: bool = False, show_progress: bool = True,
-             on_decided: Callable[[AutoDecision], None] | None = None, on_prepared=None) -> dict:
-    """Probe the candidate plans, train the chosen one on all the data as run cfg.name, record the decision."""
+             on_decided: Callable[[AutoDecision], None] | None = None, on_prepared=None,
+             data: RunData | None = None) -> dict:
+    """Probe the candidate plans, train the chosen one on all the data as run cfg.name, record the decision.
+
+    `data` replaces the examples the config names (a benchmark's fixed split)."""
     start = time.perf_counter()
     if cfg.run_dir.exists() and any(cfg.run_dir.iterdir()) and not overwrite:  # before minutes of probing
         raise UserError(f"Run directory '{cfg.run_dir}' already holds a run.",
                         "Pass --overwrite to replace it, or choose another --name.")
-    data = load_run_data(cfg)
+    data = data or load_run_data(cfg)
     probe = probe_split(data, cfg.seed)
     full_prep = prepare_run(with_strategy(cfg, "full"), probe)
     per_example_s = step_seconds_per_example(full_prep, cfg.training.batch_size)
