@@ -16,12 +16,11 @@ TINY = ["--max-train-examples", "60", "--max-eval-examples", "30", "--max-length
 
 def test_budgets_are_durations_or_epochs_of_full_fine_tuning():
     epoch = lambda: 40.0  # noqa: E731  (seconds of one full fine-tuning epoch, as auto estimates it)
-    assert parse_budget("90s", epoch).seconds == 90 and parse_budget("10m", epoch).seconds == 600
-    assert parse_budget("1h30m", epoch).seconds == 5400 and parse_budget("45", epoch).seconds == 45
-    assert parse_budget("3ep", epoch).seconds == 120 and parse_budget(None, epoch).seconds is None
+    seconds = {text: parse_budget(text).total_s(epoch) for text in ("90s", "10m", "1h30m", "45", "3ep", None)}
+    assert seconds == {"90s": 90, "10m": 600, "1h30m": 5400, "45": 45, "3ep": 120, None: float("inf")}
     for bad in ("ten minutes", "10 parsecs", "m"):
         with pytest.raises(UserError, match="not a duration"):
-            parse_budget(bad, epoch)
+            parse_budget(bad)
 
 
 def test_candidates_follow_the_rules_of_thumb_plus_lora_and_llrd():
@@ -52,6 +51,7 @@ def test_a_plan_too_long_for_the_budget_trains_fewer_epochs_when_it_is_the_best(
     found = [probed("tfidf", 0.70, 1.0), probed("full", 0.90, 100.0)]
     chosen, epochs, _ = auto._decide(found, left_s=2000, epochs=3, scale=10)
     assert chosen.strategy == "full" and epochs == pytest.approx(2.0) and chosen.predicted_time_s == 2000
+    assert chosen.decision.endswith("2 of 3 epochs fit the budget")
     with pytest.raises(UserError, match="no probed plan"):
         auto._decide([probed("full", 0.9, 100.0)], left_s=100, epochs=3, scale=10)
 
@@ -89,3 +89,9 @@ def test_auto_probes_prints_its_reasoning_trains_the_choice_and_records_it(tmp_p
     assert rows[decision["chosen"]]["decision"].startswith("chosen")
     assert "How auto chose the plan" in (tmp_path / "auto" / "report.html").read_text()
     assert f"name: {decision['chosen']}" in (tmp_path / "auto" / "config.yaml").read_text()  # re-runs the choice
+
+
+def test_a_budget_without_auto_is_refused(tmp_path, transferlab_cli, capsys):
+    code = transferlab_cli("train", "--strategy", "full", "--budget", "10m", "--output", tmp_path)
+    err = capsys.readouterr().err
+    assert code == 2 and "applies to strategy 'auto' only" in err and "Traceback" not in err

@@ -111,6 +111,13 @@ class StrategyConfig(ConfigSection):
                                                  "3 epochs of full fine-tuning); None = no limit")
 
     @model_validator(mode="after")
+    def _budget_is_for_auto(self) -> StrategyConfig:
+        if self.budget is not None and self.name != "auto":
+            raise ValueError(f"budget {self.budget!r} applies to strategy 'auto' only (this config names "
+                             f"'{self.name}'): pass --strategy auto, or drop --budget")
+        return self
+
+    @model_validator(mode="after")
     def _phases_mean_custom(self) -> StrategyConfig:
         # `phases:` alone is enough to ask for a custom plan; an explicit other name is refused by build_plan
         if self.phases is not None and "name" not in self.model_fields_set:

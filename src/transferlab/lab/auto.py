@@ -27,7 +27,6 @@ from transferlab.config import RunConfig, build_config
 from transferlab.data.splits import stratified_split, subsample
 from transferlab.errors import UserError
 from transferlab.pipeline import PreparedRun, load_run_data, make_accelerator, prepare_run, train_run
-from transferlab.strategies.named import AUTO
 from transferlab.tasks import task_class
 from transferlab.tasks.base import RunData
 from transferlab.training.baselines import check_baseline, fit_baseline, is_baseline, score
@@ -59,30 +58,34 @@ class Candidate:
 
 @dataclass
 class Budget:
-    """Seconds the whole of `auto` may take (probes + the final run); None = no limit."""
+    """What the whole of `auto` may take (probes + the final run): seconds, or epochs of full fine-tuning."""
 
-    seconds: float | None
     text: str | None
+    seconds: float | None = None
+    full_epochs: float | None = None
 
-    def left(self, start: float) -> float:
-        return math.inf if self.seconds is None else self.seconds - (time.perf_counter() - start)
+    def total_s(self, epoch_s: Callable[[], float]) -> float:
+        """The budget in seconds (`epoch_s`: one epoch of full fine-tuning on this data); inf when there is none."""
+        if self.full_epochs is not None:
+            return self.full_epochs * epoch_s()
+        return math.inf if self.seconds is None else self.seconds
 
 
-def parse_budget(text: str | None, epoch_s: Callable[[], float]) -> Budget:
+def parse_budget(text: str | None) -> Budget:
     """`90s`, `10m`, `1h30m`, a plain number of seconds, or `3ep`: the time of 3 epochs of full fine-tuning on this
-    data, estimated from one timed training step (`epoch_s`)."""
+    data (estimated from one timed training step)."""
     if text is None:
-        return Budget(None, None)
+        return Budget(None)
     raw = text.strip().lower()
     if m := re.fullmatch(r"(\d+(?:\.\d+)?)\s*ep(?:ochs?)?", raw):
-        return Budget(float(m[1]) * epoch_s(), text)
+        return Budget(text, full_epochs=float(m[1]))
     if re.fullmatch(r"\d+(?:\.\d+)?", raw):
-        return Budget(float(raw), text)
+        return Budget(text, seconds=float(raw))
     parts = re.findall(r"(\d+(?:\.\d+)?)\s*([smh])", raw)
     if not parts or "".join(f"{n}{u}" for n, u in parts) != raw.replace(" ", ""):
         raise UserError(f"--budget '{text}' is not a duration.",
                         "Write e.g. --budget 90s, 10m, 1h30m, or 3ep (the time of 3 epochs of full fine-tuning).")
-    return Budget(sum(float(n) * _UNITS[u] for n, u in parts), text)
+    return Budget(text, seconds=sum(float(n) * _UNITS[u] for n, u in parts))
 
 
 def candidates(train_examples: int, num_layers: int) -> list[Candidate]:
@@ -115,9 +118,9 @@ def probe_split(data: RunData, seed: int) -> RunData:
 
 
 def with_strategy(cfg: RunConfig, strategy: str, **training) -> RunConfig:
-    """`cfg` with another strategy (and training fields); validated like any config."""
+    """`cfg` with another strategy (and training fields), its budget spent; validated like any config."""
     doc = cfg.model_dump(mode="json")
-    doc["strategy"]["name"] = strategy
+    doc["strategy"].update(name=strategy, budget=None)
     doc["training"].update(training)
     return build_config(doc, f"--strategy auto (candidate {strategy})")
 
@@ -217,7 +220,8 @@ def _decide(found: list[Candidate], left_s: float, epochs: float, scale: float) 
     for c in fitting:
         if c is chosen:
             faster = " (fastest within 0.5 point of the best)" if len(near) > 1 else ""
-            c.decision = f"chosen: best probe score{faster}"
+            shorter = f"; {c.epochs:g} of {epochs:g} epochs fit the budget" if c.epochs and c.epochs < epochs else ""
+            c.decision = f"chosen: best probe score{faster}{shorter}"
         elif c in near:
             c.decision = f"as good, slower than {chosen.strategy}"
         else:
@@ -235,14 +239,19 @@ def run_auto(cfg: RunConfig, overwrite: bool = False, show_progress: bool = True
     if cfg.run_dir.exists() and any(cfg.run_dir.iterdir()) and not overwrite:  # before minutes of probing
         raise UserError(f"Run directory '{cfg.run_dir}' already holds a run.",
                         "Pass --overwrite to replace it, or choose another --name.")
+    budget = parse_budget(cfg.strategy.budget)
     data = data or load_run_data(cfg)
     probe = probe_split(data, cfg.seed)
     full_prep = prepare_run(with_strategy(cfg, "full"), probe)
     per_example_s = step_seconds_per_example(full_prep, cfg.training.batch_size)
-    budget = parse_budget(cfg.strategy.budget, lambda: per_example_s * len(data.train))
+    budget_s = budget.total_s(lambda: per_example_s * len(data.train))
+
+    def left() -> float:
+        return budget_s - (time.perf_counter() - start)
+
     found = candidates(len(data.train), full_prep.groups.num_layers)
     cheapest = min(estimated_probe_s(c, probe, per_example_s) for c in found)
-    if budget.left(start) < cheapest:
+    if left() < cheapest:
         raise UserError(f"--budget {budget.text} is too small for any probe: the cheapest candidate "
                         f"({min(found, key=lambda c: estimated_probe_s(c, probe, per_example_s)).strategy}) needs "
                         f"about {math.ceil(cheapest)}s to probe on {len(probe.train)} + {len(probe.eval)} examples, "
@@ -250,28 +259,23 @@ def run_auto(cfg: RunConfig, overwrite: bool = False, show_progress: bool = True
                         f"Pass --budget {math.ceil(time.perf_counter() - start + cheapest) + 1}s or more (the chosen "
                         "plan then needs time to train too), or name a strategy yourself.")
     for c in sorted(found, key=lambda c: estimated_probe_s(c, probe, per_example_s)):
-        if estimated_probe_s(c, probe, per_example_s) > budget.left(start):
+        if estimated_probe_s(c, probe, per_example_s) > left():
             c.decision = "no time left to probe it"
             continue
         c.probe_score, seconds, c.trainable_pct = run_probe(cfg, c.strategy, probe)
         c.probe_time_s = round(seconds, 2)
     probe_time = time.perf_counter() - start
     scale = len(data.train) / len(probe.train)
-    chosen, epochs, reason = _decide(found, budget.left(start), cfg.training.epochs, scale)
+    chosen, epochs, reason = _decide(found, left(), cfg.training.epochs, scale)
     decision = AutoDecision(chosen.strategy, epochs, reason, len(data.train), len(data.labels or []),
-                            full_prep.groups.total, budget.text, budget.seconds and round(budget.seconds, 1),
+                            full_prep.groups.total, budget.text, None if budget_s == math.inf else round(budget_s, 1),
                             len(probe.train), len(probe.eval), round(probe_time, 1), found)
     if on_decided is not None:
         on_decided(decision)
-    final = with_strategy(cfg, chosen.strategy, epochs=epochs)
-    final.strategy.budget = None  # the saved config re-runs the chosen plan as is
-    return train_run(final, overwrite=overwrite, show_progress=show_progress, on_prepared=on_prepared, data=data,
+    # the saved config names the chosen plan: re-running it trains that plan as is
+    return train_run(with_strategy(cfg, chosen.strategy, epochs=epochs), overwrite=overwrite,
+                     show_progress=show_progress, on_prepared=on_prepared, data=data,
                      extra={"auto": decision.to_json()})
-
-
-def is_auto(cfg: RunConfig) -> bool:
-    """Whether the config asks auto to pick the plan."""
-    return cfg.strategy.name == AUTO
 
 
 def explain(cfg: RunConfig) -> tuple[dict, list[Candidate]]:
