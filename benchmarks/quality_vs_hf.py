@@ -40,6 +40,7 @@ from transferlab.data.splits import subsample
 from transferlab.lab.auto import run_auto
 from transferlab.pipeline import load_run_data
 from transferlab.tasks.base import RunData
+from transferlab.training.baselines import is_baseline
 
 SPLIT_SEED = 42
 
@@ -97,8 +98,11 @@ def run_transferlab(data: RunData, seed: int, budget: str, output: Path) -> dict
     doc = run_auto(cfg, overwrite=True, show_progress=False, data=data)
     seconds = time.perf_counter() - start
     decision = doc["auto"]
+    epochs = "" if is_baseline(decision["chosen"]) else f", {decision['epochs']:g} epochs"
+    probes = ", ".join(f"{c['strategy']} {c['probe_score']:.3f}" for c in decision["candidates"]
+                       if c["probe_score"] is not None)
     return {"accuracy": doc["eval"]["accuracy"], "seconds": seconds,
-            "plan": f"{decision['chosen']}, {decision['epochs']:g} epochs (probes {decision['probe_time_s']:.0f}s)"}
+            "plan": f"{decision['chosen']}{epochs}; probes {decision['probe_time_s']:.0f}s: {probes}"}
 
 
 def mean_std(values: list[float]) -> str:

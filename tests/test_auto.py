@@ -38,7 +38,7 @@ def test_the_best_probe_that_fits_the_budget_wins_and_ties_go_to_the_faster():
     found = [probed("tfidf", 0.70, 1.0), probed("lora", 0.84, 10.0), probed("llrd", 0.842, 30.0),
              probed("full", 0.90, 400.0), Candidate("bitfit", "test", decision="no time left to probe it")]
     # scale 10 (probe on a tenth of the data), 3 epochs: lora 300s, llrd 900s, full 12,000s predicted
-    chosen, epochs, reason = auto._decide(found, left_s=1000, epochs=3, scale=10)
+    chosen, epochs, reason = auto._decide(found, left_s=1000, epochs=3, scale=10, probed_epochs=1)
     assert (chosen.strategy, epochs) == ("lora", 3) and "fastest within 0.5 point" in reason
     by_name = {c.strategy: c for c in found}
     assert by_name["llrd"].decision == "as good, slower than lora"
@@ -49,11 +49,11 @@ def test_the_best_probe_that_fits_the_budget_wins_and_ties_go_to_the_faster():
 
 def test_a_plan_too_long_for_the_budget_trains_fewer_epochs_when_it_is_the_best():
     found = [probed("tfidf", 0.70, 1.0), probed("full", 0.90, 100.0)]
-    chosen, epochs, _ = auto._decide(found, left_s=2000, epochs=3, scale=10)
+    chosen, epochs, _ = auto._decide(found, left_s=2000, epochs=3, scale=10, probed_epochs=1)
     assert chosen.strategy == "full" and epochs == pytest.approx(2.0) and chosen.predicted_time_s == 2000
     assert chosen.decision.endswith("2 of 3 epochs fit the budget")
     with pytest.raises(UserError, match="no probed plan"):
-        auto._decide([probed("full", 0.9, 100.0)], left_s=100, epochs=3, scale=10)
+        auto._decide([probed("full", 0.9, 100.0)], left_s=100, epochs=3, scale=10, probed_epochs=1)
 
 
 def test_a_budget_too_small_for_any_probe_names_the_minimum(tmp_path, transferlab_cli, capsys):
