@@ -51,7 +51,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--limit", type=int, default=None, help="stratified training examples kept (quick check)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--budget", default=None, help="auto's budget instead of the Trainer's time, e.g. 10m")
-    return parser.parse_args()
+    parser.add_argument("--skip-hf", action="store_true", help="only the transferlab side (needs --budget)")
+    args = parser.parse_args()
+    if args.skip_hf and not args.budget:
+        parser.error("--skip-hf needs --budget: auto's budget is otherwise the Trainer's time")
+    return args
 
 
 def split(limit: int | None) -> RunData:
@@ -120,16 +124,22 @@ def main() -> None:
     results: dict[str, list[dict]] = {"transformers.Trainer": [], "transferlab auto": []}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(SPLIT_SEED, SPLIT_SEED + args.seeds):
-            hf = run_hf(data, seed, Path(tmp))
+            hf = None if args.skip_hf else run_hf(data, seed, Path(tmp))
             tl = run_transferlab(data, seed, args.budget or f"{hf['seconds']:.0f}s", Path(tmp))
             for name, r in (("transformers.Trainer", hf), ("transferlab auto", tl)):
+                if r is None:
+                    continue
                 results[name].append(r)
                 print(f"seed {seed}  {name:22} accuracy {r['accuracy']:.4f}  {r['seconds']:7.1f}s  {r['plan']}",
                       flush=True)
     print(f"\n{'':22}{'accuracy % (mean ± std)':>26}{'mean time':>12}")
     for name, runs in results.items():
+        if not runs:
+            continue
         print(f"{name:22}{mean_std([r['accuracy'] for r in runs]):>26}"
               f"{statistics.mean(r['seconds'] for r in runs):>11.1f}s")
+    if args.skip_hf:
+        return
     hf_acc = statistics.mean(r["accuracy"] for r in results["transformers.Trainer"])
     tl_acc = statistics.mean(r["accuracy"] for r in results["transferlab auto"])
     print(f"\ndifference transferlab auto - transformers.Trainer: {100 * (tl_acc - hf_acc):+.2f} points "
