@@ -47,8 +47,16 @@ def test_a_baseline_is_an_ordinary_run_that_predicts_and_evaluates(baseline_runs
     data = load_run_data(cfg)
     # the saved model scores the held-out examples exactly as the run measured them
     assert predictor.evaluate(data.eval)["accuracy"] == pytest.approx(doc["eval"]["accuracy"])
-    predictions = predictor.predict(["A wonderful, moving film.", "Dull, boring and far too long."])
-    assert [p["label"] for p in predictions] != [] and all(0.5 <= p["score"] <= 1 for p in predictions)
+    texts = ["A wonderful, moving film.", "Dull, boring and far too long."]
+    predictions = predictor.predict(texts)
+    assert len(predictions) == 2 and all(0.5 <= p["score"] <= 1 for p in predictions)
+    # an ordinary transformers model too, once `import transferlab` has registered the class (as the card says)
+    from transformers import pipeline
+
+    theirs = pipeline("text-classification", model=str(run / "model"))(texts)
+    assert [t["label"] for t in theirs] == [p["label"] for p in predictions]
+    assert [t["score"] for t in theirs] == pytest.approx([p["score"] for p in predictions], abs=1e-5)
+    assert "import transferlab" in (run / "model" / "README.md").read_text()
 
 
 def test_the_saved_tfidf_model_gives_scikit_learns_probabilities(baseline_runs):

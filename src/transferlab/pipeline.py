@@ -206,7 +206,7 @@ def train_baseline_run(cfg: RunConfig, run_dir: Path, accelerator: Accelerator, 
     if on_prepared is not None and accelerator.is_main_process:
         on_prepared(PreparedRun(fitted.model, backbone, task, None, [fitted.phase], data))
     eval_loss, metrics = score(fitted.model, task, task.encoded(data.eval))
-    n = cfg.doctor.train_eval_examples
+    n = cfg.doctor.train_eval_examples if cfg.doctor.enabled else 0
     sample = data.train if len(data.train) <= n else data.train.sample(n=n, random_state=cfg.seed)
     train_metrics = score(fitted.model, task, task.encoded(sample))[1] if n else {}
     doc = {

@@ -140,7 +140,7 @@ def card_text(run_dir: Path) -> str:
     model_config = _read(run_dir / "model" / "config.json")
     task = task_class(metrics.get("task", "classification"))
     tag = getattr(task, "pipeline_tag", "")
-    standard = model_config.get("model_type") != "transferlab"
+    standard = not model_config.get("model_type", "").startswith("transferlab")  # a transferlab class needs the import
     base = cfg["model"]["name"]
     front = yaml.safe_dump(_front_matter(cfg, metrics, run_dir, tag, standard), sort_keys=False, allow_unicode=True)
     hw = metrics.get("hardware", {})

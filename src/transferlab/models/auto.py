@@ -14,14 +14,17 @@ import importlib.abc
 import importlib.util
 import sys
 
-# Auto class -> "module:class" of the transferlab model it loads for a config of model_type "transferlab".
+# (Auto class, "module:class" of the transferlab model it loads for that model's config type)
 _MODELING = "transferlab.models.modeling_transferlab"
-AUTO_CLASSES: dict[str, str] = {
-    "AutoModelForSequenceClassification": f"{_MODELING}:TransferlabForSequenceClassification",
-    "AutoModelForTokenClassification": f"{_MODELING}:TransferlabForTokenClassification",
-    "AutoModelForQuestionAnswering": f"{_MODELING}:TransferlabForQuestionAnswering",
-}
-CONFIGS: dict[str, str] = {"transferlab": f"{_MODELING}:TransferlabConfig"}
+_BASELINES = "transferlab.models.baselines"
+AUTO_CLASSES: list[tuple[str, str]] = [
+    ("AutoModelForSequenceClassification", f"{_MODELING}:TransferlabForSequenceClassification"),
+    ("AutoModelForTokenClassification", f"{_MODELING}:TransferlabForTokenClassification"),
+    ("AutoModelForQuestionAnswering", f"{_MODELING}:TransferlabForQuestionAnswering"),
+    ("AutoModelForSequenceClassification", f"{_BASELINES}:BaselineForSequenceClassification"),
+]
+CONFIGS: dict[str, str] = {"transferlab": f"{_MODELING}:TransferlabConfig",
+                           "transferlab-baseline": f"{_BASELINES}:BaselineConfig"}
 
 
 def _load(target: str):
@@ -32,7 +35,7 @@ def _load(target: str):
 def add_auto_class(auto_class: str, model: str, config: tuple[str, str] | None = None) -> None:
     """Register one more model class ("module:Class") for an Auto class, with its config ((model_type,
     "module:ConfigClass")) when it brings a new one; takes effect at once if transformers is already loaded."""
-    AUTO_CLASSES[auto_class] = model
+    AUTO_CLASSES.append((auto_class, model))
     if config is not None:
         CONFIGS[config[0]] = config[1]
     if "transformers" in sys.modules:
@@ -49,7 +52,7 @@ def register_auto_classes() -> None:
         importlib.import_module("transferlab.backbones")
     for model_type, target in CONFIGS.items():
         transformers.AutoConfig.register(model_type, _load(target), exist_ok=True)
-    for auto_class, target in AUTO_CLASSES.items():
+    for auto_class, target in AUTO_CLASSES:
         model = _load(target)
         getattr(transformers, auto_class).register(model.config_class, model, exist_ok=True)
 
