@@ -108,7 +108,8 @@ def test_onnx_int8_is_smaller_and_agrees_with_fp32(deploy_run, monkeypatch, caps
     assert "onnx fp32" in out and "onnx int8" in out and "Δ points" in out
     evalset = load_eval_set(deploy_run, limit=40)
     ref, q = Predictor(fp32), Predictor(int8)
-    assert abs(score(ref, evalset) - score(q, evalset)) <= 0.05
+    # the tiny run sits near chance, so a borderline prediction may flip: at most two of the 40
+    assert abs(score(ref, evalset) - score(q, evalset)) <= 2 / 40 + 1e-9
     texts = evalset.frame["text"].tolist()
     assert np.abs(probabilities(ref, texts) - probabilities(q, texts)).max() < 0.1
 

@@ -140,9 +140,15 @@ def test_layer_groups_of_encoder_decoders_make_every_strategy_apply():
         assert {"layer.1.ffn", "decoder.0.attention", "decoder.1.cross", "decoder.1.ffn", "head"} <= set(groups.names)
         assert groups.num_layers == 2
         for name in STRATEGIES:
-            if name != "custom":
-                strategy = f"{name}:1" if name == "freeze-bottom" else name
-                assert build_plan(strategy, groups, StrategyOptions()).resolve(groups)
+            # custom needs phases; lora and prompt-tuning need their new weights added first (test_adapters.py)
+            if name in ("custom", "lora", "prompt-tuning"):
+                continue
+            strategy = f"{name}:1" if name in ("freeze-bottom", "freeze-top") else name
+            if name == "bitfit" and model is t5:  # T5's layers have no biases: refused, not an empty plan
+                with pytest.raises(UserError, match="layers have none"):
+                    build_plan(strategy, groups, StrategyOptions())
+                continue
+            assert build_plan(strategy, groups, StrategyOptions()).resolve(groups)
     # T5 ties its output layer to the embedding matrix: that matrix is the head
     assert [n for n, _ in layer_groups(t5, backbone_prefix="")["head"].params] == ["shared.weight"]
     assert [n for n, _ in layer_groups(bert2bert, backbone_prefix="")["decoder.0.cross"].params][0] == \
@@ -178,5 +184,6 @@ def test_a_model_that_cannot_generate_is_refused(tmp_path):
     transferlab_model = tmp_path / "classifier"
     transferlab_model.mkdir()
     (transferlab_model / "config.json").write_text(json.dumps({"model_type": "transferlab", "task": "pairs"}))
-    with pytest.raises(UserError, match="holds a 'transferlab' model, which cannot do text-to-text"):
+    # `import transferlab` registers its architectures with AutoConfig: known, but no encoder-decoder
+    with pytest.raises(UserError, match="'transferlab' model in .* cannot do text-to-text"):
         text2text_task().build_model(SimpleNamespace(model_dir=transferlab_model), None)

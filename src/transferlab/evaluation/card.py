@@ -133,7 +133,7 @@ def card_text(run_dir: Path) -> str:
     """The model card of a run directory, as text."""
     metrics = _read(run_dir / "metrics.json")
     config_path = run_dir / "config.yaml"
-    if not metrics or not config_path.is_file() or not (run_dir / "model" / "config.json").is_file():
+    if not metrics or not config_path.is_file() or not (run_dir / "model").is_dir():
         raise UserError(f"'{run_dir}' is not a finished run (it needs metrics.json, config.yaml and model/).",
                         "Pass the directory of a run written by `transferlab train`.")
     cfg = yaml.safe_load(config_path.read_text(encoding="utf-8"))

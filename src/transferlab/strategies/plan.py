@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
 
-from transferlab.backbones.groups import SELECTORS
 from transferlab.errors import UserError
 from transferlab.strategies.describe import describe_lrs
 
@@ -100,6 +99,9 @@ def expand_pattern(pattern: str, groups: LayerGroups) -> list[str]:
     """Groups matched by `pattern`: exact name, prefix (`layer.3`), range (`layer.2-5.ffn`), glob (`layer.*`) or
     kind (`kind:adapter`); a `@bias` suffix keeps only the biases of each matched group (groups without any drop
     out)."""
+    # imported here: the backbones package loads torch and transformers, which plan parsing (and --help) must not
+    from transferlab.backbones.groups import SELECTORS
+
     base, at, selector = pattern.partition("@")
     if at:
         if selector not in SELECTORS:
