@@ -68,6 +68,15 @@ def test_high_lr_of_a_pretrained_head_is_caught():
     assert codes(doctor.check_pretrained_lr([phase({"head": 1e-2})], t5, CFG)) == ["lr-too-high"]
 
 
+def test_new_weights_and_biases_at_their_recipes_lr_are_not_flagged():
+    """LoRA's adapters are new weights and BitFit's 1e-3 on biases is its recipe: neither overwrites pretraining,
+    but the same lr on a whole pretrained group still warns."""
+    adapters = LayerGroups([*GROUPS, LayerGroup("layer.1.attention.adapter", 2, "adapter", "encoder", "layer.1")])
+    assert doctor.check_pretrained_lr([phase({"layer.1.attention.adapter": 5e-4, "head": 1e-3})], adapters, CFG) == []
+    assert doctor.check_pretrained_lr([phase({"layer.1.ffn@bias": 1e-3, "head": 1e-3})], GROUPS, CFG) == []
+    assert codes(doctor.check_pretrained_lr([phase({"layer.1.ffn": 1e-3})], GROUPS, CFG)) == ["lr-too-high"]
+
+
 def test_small_dataset_with_full_finetuning():
     assert codes(doctor.check_small_data([phase(FULL)], GROUPS, 120, CFG)) == ["small-data-full-finetuning"]
     assert doctor.check_small_data([phase(FULL)], GROUPS, 5000, CFG) == []

@@ -81,8 +81,12 @@ def _regularise(phases: Sequence[ResolvedPhase], groups: LayerGroups, augment: A
 
 # ---- static guards: the plan and the data size --------------------------------------------------------
 def pretrained_lrs(phase: ResolvedPhase, groups: LayerGroups) -> dict[str, float]:
-    """The groups of a phase whose weights come from pretraining (every group but a new head) and their lrs."""
-    return {g: lr for g, lr in phase.lrs.items() if groups[g].kind != "head" or not groups.new_head}
+    """The groups of a phase whose weights come from pretraining and their lrs: not a new head, not adapters (new
+    weights too), and not bias-only slices (BitFit's 1e-3 on biases is its published recipe: a few thousand
+    numbers cannot overwrite what the weight matrices learned)."""
+    return {g: lr for g, lr in phase.lrs.items()
+            if (groups[g].kind != "head" or not groups.new_head) and groups[g].kind != "adapter"
+            and not g.endswith("@bias")}
 
 
 def check_pretrained_lr(phases: Sequence[ResolvedPhase], groups: LayerGroups, cfg: DoctorConfig) -> list[Finding]:
