@@ -9,7 +9,9 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, model_validator
 
+from transferlab.atomic import write_text_atomic
 from transferlab.errors import UserError
+from transferlab.run_dir import check_run_name
 
 
 class ConfigSection(BaseModel):
@@ -214,6 +216,7 @@ def build_config(data: dict[str, Any], origin: str = "the configuration") -> Run
         raise UserError(_describe(err, origin), fix) from err
     for name, section in sections.items():
         setattr(cfg, name, section)
+    check_run_name(cfg.name)
     return cfg
 
 
@@ -275,6 +278,11 @@ def _parse_yaml(text: str, what: str, fix: str) -> Any:
         raise UserError(f"{what} is not valid YAML ({' '.join(str(err).split())}).", fix) from err
 
 
+def yaml_text(config: RunConfig) -> str:
+    """The resolved config as YAML, re-runnable as is."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
 def save_yaml(config: RunConfig, path: Path) -> None:
-    """Write the resolved config so the run can be re-run as is."""
-    path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    """Write the resolved config (atomically) so the run can be re-run as is."""
+    write_text_atomic(path, yaml_text(config))

@@ -12,6 +12,7 @@ from transferlab.commands.common import FLAG_FIELDS, Opt, console, print_warning
 from transferlab.config import RunConfig
 from transferlab.console import adapter_summary, metrics_table, plan_table
 from transferlab.errors import UserError
+from transferlab.run_dir import check_run_name, holds_run, lock_path
 from transferlab.strategies.named import strategy_usage
 
 if TYPE_CHECKING:  # heavy libraries load inside the commands that use them: `--help` answers at once
@@ -93,11 +94,13 @@ def train(
     """Fine-tune a pretrained model on labelled data with a transfer-learning strategy."""
     flags = {k: v for k, v in locals().items() if k in FLAG_FIELDS}
     if resume:
+        check_run_name(name or "run")
         run_dir = Path(output or "runs") / (name or "run")
         if not (run_dir / "config.yaml").is_file():
             raise UserError(f"--resume: '{run_dir}' holds no run (no config.yaml).",
                             "Pass the --name (and --output) of the interrupted run.")
-        cfg = resolve_config(run_dir / "config.yaml", {}, [])
+        # the run is where the user points, wherever it was first trained (a copied or renamed run)
+        cfg = resolve_config(run_dir / "config.yaml", {"name": name or "run", "output": output or "runs"}, [])
     else:
         cfg = with_augment(resolve_config(config, flags, set_ or []), augment)
     if folds is not None:
@@ -111,21 +114,36 @@ def train(
 def demo(
     full: Opt[bool, typer.Option("--full", help="all the data and more epochs (slower)")] = False,
     output: Opt[str, typer.Option(help="parent directory of runs")] = "runs",
+    overwrite: Opt[bool, typer.Option(help="replace an earlier demo run (default: keep it and save this one "
+                                           "as demo-2, demo-3, ...)")] = False,
 ) -> None:
     """Fine-tune the bundled MiniLM on bundled Rotten Tomatoes reviews (freeze attention, train MLP)."""
-    base = {"name": "demo-full" if full else "demo", "output_dir": output,
+    name = "demo-full" if full else "demo"
+    if not overwrite:
+        name = _free_name(Path(output), name)
+    base = {"name": name, "output_dir": output,
             "strategy": {"name": "freeze-attention"},
             "training": {"epochs": 3 if full else 2, "eval_every": 200}}
     if not full:
         base["data"] = {"max_train_examples": 6000, "max_eval_examples": 1000}
     cfg = resolve_config(None, {}, [], base=base)
-    _train_and_show(cfg, resume=False, overwrite=True)
+    _train_and_show(cfg, resume=False, overwrite=overwrite)
     from transferlab.deploy.predictor import Predictor
 
     console.print("[bold]predictions on new reviews[/]")
     predictions = Predictor(cfg.run_dir).predict([{"text": t} for t in DEMO_REVIEWS])
     for text, pred in zip(DEMO_REVIEWS, predictions, strict=True):
         console.print(f"  {pred['label']:>9} ({pred['score']:.2f})  {text}")
+
+
+def _free_name(output: Path, name: str) -> str:
+    """`name`, or `name-2`, `name-3`... when earlier runs hold it: a demo never replaces a run unasked."""
+    taken = [name, *(f"{name}-{i}" for i in range(2, 1000))]
+    free = next(n for n in taken if not holds_run(output / n) and not lock_path(output / n).exists())
+    if free != name:
+        console.print(f"{output / name} holds an earlier run (kept); this demo is saved as [bold]{output / free}[/] "
+                      "(--overwrite replaces the earlier one instead)")
+    return free
 
 
 def plan(
