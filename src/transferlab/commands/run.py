@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # heavy libraries load inside the commands that use them: `--
     import pandas as pd
 
 STRATEGY_HELP = strategy_usage().replace(", ", " | ")
+PREDICTION_FORMATS = (".csv", ".jsonl", ".json", ".parquet")
 DEMO_REVIEWS = [
     "Best movie ever!",
     "A tedious, overlong mess with nothing to say.",
@@ -202,6 +203,7 @@ def evaluate(
 ) -> None:
     """Evaluate a trained model on labelled data (NER: CoNLL/JSONL tagged sentences; QA: SQuAD JSON; the other
     tasks: files with the columns their run was trained on)."""
+    writable_output(output)
     predictor, run_cfg = _saved_run(run, {"data.text_column": text_column, "data.label_column": label_column,
                                           "ner.tokens_column": tokens_column, "ner.tags_column": tags_column})
     frame = predictor.task.read_labelled(data, run_cfg)
@@ -226,6 +228,7 @@ def predict(
     """Predict for inputs given as arguments or in a file (classification: label and probabilities; pairs: scores
     or labels; NER: entity spans; QA: the answer to --question in --context, or question/context columns of
     --input; text2text: generated text)."""
+    writable_output(output, PREDICTION_FORMATS)
     predictor, run_cfg = _saved_run(run, {"data.text_column": text_column})
     if base is not None:
         from transferlab.deploy.adapters import MultiAdapterPredictor
@@ -266,6 +269,24 @@ def _flat(prediction: dict) -> dict:
     return cells
 
 
+def writable_output(output: Path | None, formats: tuple[str, ...] = ()) -> None:
+    """Check an --output file (its format, when `formats` are given) before any work, creating its folder: never
+    fail after computing everything."""
+    if output is None:
+        return
+    if formats and output.suffix not in formats:
+        raise UserError(f"--output '{output}': unknown format '{output.suffix}'.",
+                        f"Use a file name ending in one of: {', '.join(sorted(formats))}.")
+    if output.is_dir():
+        raise UserError(f"--output '{output}' is a directory.",
+                        f"Name a file inside it, e.g. {output / 'out'}{(formats or ('.json',))[0]}.")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"--output '{output}': cannot create its folder '{output.parent}' ({err.strerror}).",
+                        "Choose a path in a folder you can write to.") from err
+
+
 def write_predictions(frame: pd.DataFrame, predictions: list[dict], output: Path | None, line) -> None:
     """Print one line per prediction, or write the inputs' own columns + the predictions to `output`."""
     columns = frame.attrs.get("input_columns", list(frame.columns))
@@ -277,11 +298,6 @@ def write_predictions(frame: pd.DataFrame, predictions: list[dict], output: Path
         for row, pred in zip(frame.to_dict("records"), predictions, strict=True):
             console.print(line(row, pred), highlight=False, markup=False)  # texts may hold [brackets]
         return
-    formats = {".csv", ".jsonl", ".json", ".parquet"}
-    if output.suffix not in formats:
-        raise UserError(f"--output '{output}': unknown format '{output.suffix}'.",
-                        f"Use a file name ending in one of: {', '.join(sorted(formats))}.")
-    output.parent.mkdir(parents=True, exist_ok=True)
     if output.suffix == ".jsonl":
         output.write_text("".join(json.dumps(r, default=str) + "\n" for r in rows))
     elif output.suffix == ".json":
