@@ -10,6 +10,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections import namedtuple
 from pathlib import Path
@@ -18,6 +19,8 @@ import pytest
 from test_cli_errors import assert_user_error
 
 from transferlab.training.trainer import Trainer
+
+TRANSFERLAB = Path(sys.executable).parent / "transferlab"
 
 
 @pytest.fixture
@@ -117,6 +120,47 @@ def test_an_overwrite_replaces_the_old_run_once_finished(train, tmp_path):
     assert "marker" not in json.loads((old / "metrics.json").read_text())
     assert (old / "model" / "model.safetensors").is_file()
     assert sorted(p.name for p in old.parent.iterdir()) == ["good"]
+
+
+def test_a_killed_overwrite_leaves_the_old_run_and_its_lock_is_reported(train, tiny_bert, review_csv, tmp_path):
+    old = fake_run(tmp_path / "runs" / "good")
+    args = ["train", "--model", tiny_bert, "--data", review_csv, "--max-length", "32", "--epochs", "50",
+            "--batch-size", "8", "--output", "runs", "--name", "good", "--overwrite", "--set", "training.save_every=1"]
+    with (tmp_path / "train.log").open("w") as log:
+        process = subprocess.Popen([TRANSFERLAB, *map(str, args)], cwd=tmp_path, stdout=log, stderr=log)
+    pointer = tmp_path / "runs" / "good.staging" / "checkpoints" / "latest"
+    deadline = time.monotonic() + 300
+    while not pointer.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    process.kill()  # SIGKILL mid-training: no handler runs
+    process.wait()
+    assert pointer.exists(), (tmp_path / "train.log").read_text()
+    assert json.loads((old / "metrics.json").read_text()) == {"marker": "the user's run"}
+    assert_user_error(train("--name", "good", "--overwrite"), "stale lock", f"process {process.pid}")
+    (tmp_path / "runs" / ".good.lock").unlink()  # the fix the message gives
+    code, _, err = train("--name", "good", "--overwrite")
+    assert code == 0, err
+    assert "marker" not in json.loads((old / "metrics.json").read_text())
+    assert sorted(p.name for p in old.parent.iterdir()) == ["good"]
+
+
+def test_a_failed_cross_validation_overwrite_puts_the_old_results_back(train, tmp_path, monkeypatch):
+    old = fake_run(tmp_path / "runs" / "cv")
+    real = Trainer.train
+
+    def fails(self, resume=False):
+        raise OSError("device lost")
+
+    monkeypatch.setattr(Trainer, "train", fails)
+    with pytest.raises(OSError, match="device lost"):
+        train("--name", "cv", "--folds", "2", "--overwrite")
+    assert json.loads((old / "metrics.json").read_text()) == {"marker": "the user's run"}
+    assert sorted(p.name for p in old.parent.iterdir()) == ["cv"]
+    monkeypatch.setattr(Trainer, "train", real)
+    code, _, err = train("--name", "cv", "--folds", "2", "--overwrite")
+    assert code == 0, err
+    assert not (old / "metrics.json").exists() and (old / "cv.json").is_file()
+    assert sorted(p.name for p in old.parent.iterdir()) == ["cv"]
 
 
 def test_without_overwrite_an_existing_run_is_kept(train, tmp_path):
