@@ -177,10 +177,10 @@ def train_run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, sho
         if on_prepared is not None and accelerator.is_main_process:
             on_prepared(prep)
         work_dir = sibling(target, STAGING) if replace else target
-        if replace and accelerator.is_main_process:
-            fresh_staging(target)
-        accelerator.wait_for_everyone()
         try:
+            if replace and accelerator.is_main_process:
+                fresh_staging(target)
+            accelerator.wait_for_everyone()
             doc = _train_into(work_dir, cfg, prep, resume, show_progress, callbacks, accelerator)
         except OSError as err:
             if not is_disk_full(err):
