@@ -49,15 +49,17 @@ def check_run_name(name: str) -> None:
 
 
 def sibling(run_dir: Path, suffix: str) -> Path:
-    """`<output>/<name><suffix>`: the staging, previous or lock path of a run."""
+    """`<output>/<name><suffix>`: the staging or previous directory of a run."""
     return run_dir.with_name(run_dir.name + suffix)
 
 
 def lock_path(run_dir: Path) -> Path:
+    """`<output>/.<name>.lock`, beside the run so that it outlives the run's replacement."""
     return run_dir.with_name(f".{run_dir.name}.lock")
 
 
 def holds_run(path: Path) -> bool:
+    """Whether `path` is a directory with anything in it."""
     return path.is_dir() and any(path.iterdir())
 
 
@@ -157,6 +159,7 @@ def _size(n: float) -> str:
 
 
 def is_disk_full(err: BaseException) -> bool:
+    """Whether an exception is the disk (or the user's quota) running out of space."""
     return isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
