@@ -143,3 +143,11 @@ def test_a_bad_predict_output_is_refused_before_predicting(cli, tiny_trained, tm
     (tmp_path / "folder.csv").mkdir()
     monkeypatch.setattr(Predictor, "__init__", lambda *a, **k: pytest.fail("predicted before checking --output"))
     assert_user_error(cli("predict", tiny_trained, "A fine film.", "--output", output), fragment)
+
+
+def test_a_run_saved_under_an_old_style_name_still_predicts(cli, run_copy):
+    config = run_copy / "config.yaml"
+    config.write_text(config.read_text().replace("name: tiny", "name: my first run", 1))
+    code, out, err = cli("predict", run_copy, "A fine film.")
+    assert code == 0, err
+    assert "A fine film." in out

@@ -11,7 +11,6 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationErro
 
 from transferlab.atomic import write_text_atomic
 from transferlab.errors import UserError
-from transferlab.run_dir import check_run_name
 
 
 class ConfigSection(BaseModel):
@@ -216,7 +215,6 @@ def build_config(data: dict[str, Any], origin: str = "the configuration") -> Run
         raise UserError(_describe(err, origin), fix) from err
     for name, section in sections.items():
         setattr(cfg, name, section)
-    check_run_name(cfg.name)
     return cfg
 
 

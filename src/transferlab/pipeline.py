@@ -37,6 +37,7 @@ from transferlab.run_dir import (
     STAGING,
     check_free_space,
     check_no_interrupted_swap,
+    check_run_name,
     disk_full_error,
     fresh_staging,
     is_disk_full,
@@ -143,9 +144,11 @@ def make_accelerator() -> Accelerator:
     return Accelerator(cpu=launched and not torch.cuda.is_available())
 
 
-def locked(run_dir: Path, accelerator: Accelerator, resume: bool = False) -> contextlib.AbstractContextManager:
-    """The run directory's lock, held by the main process (the others write through it)."""
-    return run_lock(run_dir, take_over_dead=resume) if accelerator.is_main_process else contextlib.nullcontext()
+def locked(cfg: RunConfig, accelerator: Accelerator, resume: bool = False) -> contextlib.AbstractContextManager:
+    """The run directory's lock, held by the main process (the others write through it), once the run's name is
+    known to stay inside its output directory (checked here, not in the config: old runs keep their names)."""
+    check_run_name(cfg.name)
+    return run_lock(cfg.run_dir, take_over_dead=resume) if accelerator.is_main_process else contextlib.nullcontext()
 
 
 @contextlib.contextmanager
@@ -153,7 +156,7 @@ def results_dir(cfg: RunConfig, overwrite: bool, resume: bool = False) -> Iterat
     """cfg.run_dir, locked, for results written straight into it (compare, search, cross-validation): an old run
     there is set aside as `<name>.previous` (--overwrite) until the new results are complete, restored on failure."""
     accelerator = make_accelerator()
-    with locked(cfg.run_dir, accelerator, resume):
+    with locked(cfg, accelerator, resume):
         replace = check_run_dir(cfg, resume, overwrite, accelerator)
         with set_aside(cfg.run_dir, replace and accelerator.is_main_process):
             yield cfg.run_dir
@@ -169,7 +172,7 @@ def train_run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, sho
     """
     accelerator = make_accelerator()
     target = cfg.run_dir
-    with locked(target, accelerator, resume):
+    with locked(cfg, accelerator, resume):
         replace = check_run_dir(cfg, resume, overwrite, accelerator)
         set_seed(cfg.seed)
         prep = prepare_run(cfg, data)
