@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -54,5 +57,50 @@ def transferlab_cli():
             except SystemExit as exit_:
                 return exit_.code if isinstance(exit_.code, int) else 0 if exit_.code is None else 1
         return 0
+
+    return run
+
+
+MINILM_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    """A 2-layer, 32-wide BERT (128 positions) with MiniLM's tokenizer: trains in seconds."""
+    from transformers import BertConfig, BertModel
+
+    from transferlab.backbones import resolve_model_dir
+
+    path = tmp_path_factory.mktemp("tiny-bert")
+    config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                        max_position_embeddings=128)
+    BertModel(config).save_pretrained(path)
+    for name in MINILM_TOKENIZER_FILES:
+        shutil.copy(resolve_model_dir("minilm") / name, path / name)
+    return path
+
+
+@pytest.fixture(scope="session")
+def review_csv(tmp_path_factory) -> Path:
+    """48 bundled reviews (24 per class) as a CSV with the default text and label columns."""
+    from transferlab.data.sources import load_labelled
+
+    path = tmp_path_factory.mktemp("reviews") / "reviews.csv"
+    load_labelled("rotten-tomatoes").groupby("label").head(24).to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture
+def cli_in_tmp(transferlab_cli, capsys, monkeypatch, tmp_path):
+    """`cli_in_tmp(*args)` -> (exit code, stdout, stderr) of `transferlab ARGS`, run in tmp_path."""
+    import logging
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(logging.getLogger("transferlab"), "handlers", [])  # main() adds one per call
+
+    def run(*args):
+        code = transferlab_cli(*args)
+        out, err = capsys.readouterr()
+        return code, out, err
 
     return run

@@ -9,7 +9,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src" / "transferlab"
 # docs/architecture.md draws the same ladder
 LAYERS = [
-    ("errors", "config", "precision"),
+    ("errors", "config", "precision", "atomic", "run_dir"),
     ("data", "evaluation.metrics"),
     ("backbones",),
     ("models",),

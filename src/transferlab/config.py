@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, ValidationError, model_validator
 
+from transferlab.atomic import write_text_atomic
 from transferlab.errors import UserError
 
 
@@ -284,6 +285,11 @@ def _parse_yaml(text: str, what: str, fix: str) -> Any:
         raise UserError(f"{what} is not valid YAML ({' '.join(str(err).split())}).", fix) from err
 
 
+def yaml_text(config: RunConfig) -> str:
+    """The resolved config as YAML, re-runnable as is."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
 def save_yaml(config: RunConfig, path: Path) -> None:
-    """Write the resolved config so the run can be re-run as is."""
-    path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    """Write the resolved config (atomically) so the run can be re-run as is."""
+    write_text_atomic(path, yaml_text(config))

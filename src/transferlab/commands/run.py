@@ -12,12 +12,14 @@ from transferlab.commands.common import FLAG_FIELDS, Opt, console, print_warning
 from transferlab.config import RunConfig
 from transferlab.console import adapter_summary, auto_table, metrics_table, plan_table
 from transferlab.errors import UserError
+from transferlab.run_dir import check_run_name, holds_run, lock_path
 from transferlab.strategies.named import AUTO, strategy_usage
 
 if TYPE_CHECKING:  # heavy libraries load inside the commands that use them: `--help` answers at once
     import pandas as pd
 
 STRATEGY_HELP = strategy_usage().replace(", ", " | ")
+PREDICTION_FORMATS = (".csv", ".jsonl", ".json", ".parquet")
 DEMO_REVIEWS = [
     "Best movie ever!",
     "A tedious, overlong mess with nothing to say.",
@@ -112,11 +114,13 @@ def train(
     the plans the data size suggests and train the best that fits --budget)."""
     flags = {k: v for k, v in locals().items() if k in FLAG_FIELDS}
     if resume:
+        check_run_name(name or "run")
         run_dir = Path(output or "runs") / (name or "run")
         if not (run_dir / "config.yaml").is_file():
             raise UserError(f"--resume: '{run_dir}' holds no run (no config.yaml).",
                             "Pass the --name (and --output) of the interrupted run.")
-        cfg = resolve_config(run_dir / "config.yaml", {}, [])
+        # the run is where the user points, wherever it was first trained (a copied or renamed run)
+        cfg = resolve_config(run_dir / "config.yaml", {"name": name or "run", "output": output or "runs"}, [])
     else:
         cfg = with_augment(resolve_config(config, flags, set_ or []), augment)
     if folds is not None:
@@ -130,21 +134,36 @@ def train(
 def demo(
     full: Opt[bool, typer.Option("--full", help="all the data and more epochs (slower)")] = False,
     output: Opt[str, typer.Option(help="parent directory of runs")] = "runs",
+    overwrite: Opt[bool, typer.Option(help="replace an earlier demo run (default: keep it and save this one "
+                                           "as demo-2, demo-3, ...)")] = False,
 ) -> None:
     """Fine-tune the bundled MiniLM on bundled Rotten Tomatoes reviews (freeze attention, train MLP)."""
-    base = {"name": "demo-full" if full else "demo", "output_dir": output,
+    name = "demo-full" if full else "demo"
+    if not overwrite:
+        name = _free_name(Path(output), name)
+    base = {"name": name, "output_dir": output,
             "strategy": {"name": "freeze-attention"},
             "training": {"epochs": 3 if full else 2, "eval_every": 200}}
     if not full:
         base["data"] = {"max_train_examples": 6000, "max_eval_examples": 1000}
     cfg = resolve_config(None, {}, [], base=base)
-    _train_and_show(cfg, resume=False, overwrite=True)
+    _train_and_show(cfg, resume=False, overwrite=overwrite)
     from transferlab.deploy.predictor import Predictor
 
     console.print("[bold]predictions on new reviews[/]")
     predictions = Predictor(cfg.run_dir).predict([{"text": t} for t in DEMO_REVIEWS])
     for text, pred in zip(DEMO_REVIEWS, predictions, strict=True):
         console.print(f"  {pred['label']:>9} ({pred['score']:.2f})  {text}")
+
+
+def _free_name(output: Path, name: str) -> str:
+    """`name`, or `name-2`, `name-3`... when earlier runs hold it: a demo never replaces a run unasked."""
+    taken = [name, *(f"{name}-{i}" for i in range(2, 1000))]
+    free = next(n for n in taken if not holds_run(output / n) and not lock_path(output / n).exists())
+    if free != name:
+        console.print(f"{output / name} holds an earlier run (kept); this demo is saved as [bold]{output / free}[/] "
+                      "(--overwrite replaces the earlier one instead)")
+    return free
 
 
 def plan(
@@ -225,6 +244,7 @@ def evaluate(
 ) -> None:
     """Evaluate a trained model on labelled data (NER: CoNLL/JSONL tagged sentences; QA: SQuAD JSON; the other
     tasks: files with the columns their run was trained on)."""
+    writable_output(output)
     predictor, run_cfg = _saved_run(run, {"data.text_column": text_column, "data.label_column": label_column,
                                           "ner.tokens_column": tokens_column, "ner.tags_column": tags_column})
     frame = predictor.task.read_labelled(data, run_cfg)
@@ -249,6 +269,7 @@ def predict(
     """Predict for inputs given as arguments or in a file (classification: label and probabilities; pairs: scores
     or labels; NER: entity spans; QA: the answer to --question in --context, or question/context columns of
     --input; text2text: generated text)."""
+    writable_output(output, PREDICTION_FORMATS)
     predictor, run_cfg = _saved_run(run, {"data.text_column": text_column})
     if base is not None:
         from transferlab.deploy.adapters import MultiAdapterPredictor
@@ -289,6 +310,24 @@ def _flat(prediction: dict) -> dict:
     return cells
 
 
+def writable_output(output: Path | None, formats: tuple[str, ...] = ()) -> None:
+    """Check an --output file (its format, when `formats` are given) before any work, creating its folder: never
+    fail after computing everything."""
+    if output is None:
+        return
+    if formats and output.suffix not in formats:
+        raise UserError(f"--output '{output}': unknown format '{output.suffix}'.",
+                        f"Use a file name ending in one of: {', '.join(sorted(formats))}.")
+    if output.is_dir():
+        raise UserError(f"--output '{output}' is a directory.",
+                        f"Name a file inside it, e.g. {output / 'out'}{(formats or ('.json',))[0]}.")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"--output '{output}': cannot create its folder '{output.parent}' ({err.strerror}).",
+                        "Choose a path in a folder you can write to.") from err
+
+
 def write_predictions(frame: pd.DataFrame, predictions: list[dict], output: Path | None, line) -> None:
     """Print one line per prediction, or write the inputs' own columns + the predictions to `output`."""
     columns = frame.attrs.get("input_columns", list(frame.columns))
@@ -300,11 +339,6 @@ def write_predictions(frame: pd.DataFrame, predictions: list[dict], output: Path
         for row, pred in zip(frame.to_dict("records"), predictions, strict=True):
             console.print(line(row, pred), highlight=False, markup=False)  # texts may hold [brackets]
         return
-    formats = {".csv", ".jsonl", ".json", ".parquet"}
-    if output.suffix not in formats:
-        raise UserError(f"--output '{output}': unknown format '{output.suffix}'.",
-                        f"Use a file name ending in one of: {', '.join(sorted(formats))}.")
-    output.parent.mkdir(parents=True, exist_ok=True)
     if output.suffix == ".jsonl":
         output.write_text("".join(json.dumps(r, default=str) + "\n" for r in rows))
     elif output.suffix == ".json":

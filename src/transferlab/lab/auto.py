@@ -29,6 +29,7 @@ from transferlab.config import RunConfig, build_config
 from transferlab.data.splits import stratified_split, subsample
 from transferlab.errors import UserError
 from transferlab.pipeline import PreparedRun, load_run_data, make_accelerator, prepare_run, train_run
+from transferlab.run_dir import check_run_name
 from transferlab.tasks import task_class
 from transferlab.tasks.base import RunData
 from transferlab.training.baselines import check_baseline, fit_baseline, is_baseline, score
@@ -249,6 +250,7 @@ def run_auto(cfg: RunConfig, overwrite: bool = False, show_progress: bool = True
 
     `data` replaces the examples the config names (a benchmark's fixed split)."""
     start = time.perf_counter()
+    check_run_name(cfg.name)  # before minutes of probing, as below
     if cfg.run_dir.exists() and any(cfg.run_dir.iterdir()) and not overwrite:  # before minutes of probing
         raise UserError(f"Run directory '{cfg.run_dir}' already holds a run.",
                         "Pass --overwrite to replace it, or choose another --name.")

@@ -31,10 +31,9 @@ from transferlab.evaluation.report import write_compare_report
 from transferlab.lab.cross_validation import aggregate_metrics, drop_checkpoints, summarize
 from transferlab.pipeline import (
     PreparedRun,
-    check_run_dir,
     load_run_data,
-    make_accelerator,
     prepare_run,
+    results_dir,
     strategy_groups,
     train_run,
 )
@@ -194,34 +193,34 @@ def run_compare(cfg: RunConfig, strategies: Sequence[str], seeds: int = 1, inits
     base_data = load_run_data(cfg)
     check_train_sizes(train_sizes, len(base_data.train))
     compile_strategies(cfg, prepare_run(cfg, base_data), strategies)
-    out_dir = check_run_dir(cfg, resume=False, overwrite=overwrite, accelerator=make_accelerator())
-    augment = cfg.augment if cfg.augment.enabled else DEFAULT_AUGMENT
-    flags = (False, True) if with_augment else (cfg.augment.enabled,)
-    data_cache: dict[tuple[int | None, int], RunData] = {}
-    runs = []
-    for variant in variants(strategies, inits, train_sizes, flags):
-        for seed in range(cfg.seed, cfg.seed + seeds):
-            run_cfg = variant_config(cfg, variant, seed, out_dir, augment)
-            key = (variant.train_size, seed)
-            if key not in data_cache:  # the same examples for every strategy of a seed and size
-                data_cache[key] = base_data if key == (None, cfg.seed) else load_run_data(run_cfg)
-            with PeakMemory() as memory:
-                doc = train_run(run_cfg, show_progress=show_progress, data=data_cache[key])
-            drop_checkpoints(run_cfg.run_dir)
-            runs.append({"variant": variant.label, "strategy": variant.strategy, "init": variant.init,
-                         "train_size": variant.train_size, "augment": variant.augment, "seed": seed,
-                         "run_dir": str(run_cfg.run_dir), "train_examples": doc["train_examples"],
-                         "eval": {k: v for k, v in doc["eval"].items() if isinstance(v, int | float)},
-                         "train_time_s": doc["train_time_s"], "peak_memory_mb": memory.peak_mb,
-                         "trainable_pct": [100 * p["trainable_ratio"] for p in doc["plan"]],
-                         "warnings": [w["code"] for w in doc.get("warnings", [])]})
-            if on_run is not None:
-                on_run(variant, seed, runs[-1])
-    rows = [aggregate_variant(v, [r for r in runs if r["variant"] == v.label])
-            for v in variants(strategies, inits, train_sizes, flags)]
-    result = CompareResult(rows, runs, shown_metrics(runs[0]["eval"]))
-    result.files = _write_outputs(out_dir, cfg, result, memory.method)
-    return result
+    with results_dir(cfg, overwrite) as out_dir:
+        augment = cfg.augment if cfg.augment.enabled else DEFAULT_AUGMENT
+        flags = (False, True) if with_augment else (cfg.augment.enabled,)
+        data_cache: dict[tuple[int | None, int], RunData] = {}
+        runs = []
+        for variant in variants(strategies, inits, train_sizes, flags):
+            for seed in range(cfg.seed, cfg.seed + seeds):
+                run_cfg = variant_config(cfg, variant, seed, out_dir, augment)
+                key = (variant.train_size, seed)
+                if key not in data_cache:  # the same examples for every strategy of a seed and size
+                    data_cache[key] = base_data if key == (None, cfg.seed) else load_run_data(run_cfg)
+                with PeakMemory() as memory:
+                    doc = train_run(run_cfg, show_progress=show_progress, data=data_cache[key])
+                drop_checkpoints(run_cfg.run_dir)
+                runs.append({"variant": variant.label, "strategy": variant.strategy, "init": variant.init,
+                             "train_size": variant.train_size, "augment": variant.augment, "seed": seed,
+                             "run_dir": str(run_cfg.run_dir), "train_examples": doc["train_examples"],
+                             "eval": {k: v for k, v in doc["eval"].items() if isinstance(v, int | float)},
+                             "train_time_s": doc["train_time_s"], "peak_memory_mb": memory.peak_mb,
+                             "trainable_pct": [100 * p["trainable_ratio"] for p in doc["plan"]],
+                             "warnings": [w["code"] for w in doc.get("warnings", [])]})
+                if on_run is not None:
+                    on_run(variant, seed, runs[-1])
+        rows = [aggregate_variant(v, [r for r in runs if r["variant"] == v.label])
+                for v in variants(strategies, inits, train_sizes, flags)]
+        result = CompareResult(rows, runs, shown_metrics(runs[0]["eval"]))
+        result.files = _write_outputs(out_dir, cfg, result, memory.method)
+        return result
 
 
 def aggregate_variant(variant: Variant, runs: list[dict]) -> dict:

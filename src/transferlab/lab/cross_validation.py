@@ -17,7 +17,7 @@ from transferlab.config import RunConfig
 from transferlab.data.splits import stratified_kfold
 from transferlab.errors import UserError
 from transferlab.evaluation.metrics import is_number
-from transferlab.pipeline import check_run_dir, load_run_data, make_accelerator, train_run
+from transferlab.pipeline import load_run_data, results_dir, train_run
 from transferlab.tasks.base import RunData
 
 
@@ -57,24 +57,24 @@ def cross_validate(cfg: RunConfig, k: int, overwrite: bool = False, show_progres
     The folds split the training examples the config selects (after --max-train-examples); each fold's held-out
     part is its evaluation set, so the config's own eval split is not used.
     """
-    root = check_run_dir(cfg, resume=False, overwrite=overwrite, accelerator=make_accelerator())
     folds = fold_data(load_run_data(cfg), k, cfg.seed)
-    docs = []
-    for i, data in enumerate(folds, start=1):
-        fold_cfg = cfg.model_copy(update={"output_dir": str(root), "name": f"fold-{i}"})
-        doc = train_run(fold_cfg, show_progress=show_progress, data=data)
-        drop_checkpoints(fold_cfg.run_dir)
-        docs.append(doc)
-        if on_fold is not None:
-            on_fold(i, doc)
-    result = {
-        "folds": k, "examples": sum(len(d.eval) for d in folds), "seed": cfg.seed, "strategy": cfg.strategy.name,
-        "metrics": aggregate_metrics([d["eval"] for d in docs]),
-        "per_fold": [{"fold": i, "run_dir": str(root / f"fold-{i}"), "train_examples": d["train_examples"],
-                      "eval_examples": d["eval_examples"], "train_time_s": d["train_time_s"],
-                      "eval": {m: v for m, v in d["eval"].items() if is_number(v)},
-                      "warnings": [w["code"] for w in d.get("warnings", [])]}
-                     for i, d in enumerate(docs, start=1)],
-    }
-    (root / "cv.json").write_text(json.dumps(result, indent=2))
-    return result
+    with results_dir(cfg, overwrite) as root:
+        docs = []
+        for i, data in enumerate(folds, start=1):
+            fold_cfg = cfg.model_copy(update={"output_dir": str(root), "name": f"fold-{i}"})
+            doc = train_run(fold_cfg, show_progress=show_progress, data=data)
+            drop_checkpoints(fold_cfg.run_dir)
+            docs.append(doc)
+            if on_fold is not None:
+                on_fold(i, doc)
+        result = {
+            "folds": k, "examples": sum(len(d.eval) for d in folds), "seed": cfg.seed, "strategy": cfg.strategy.name,
+            "metrics": aggregate_metrics([d["eval"] for d in docs]),
+            "per_fold": [{"fold": i, "run_dir": str(root / f"fold-{i}"), "train_examples": d["train_examples"],
+                          "eval_examples": d["eval_examples"], "train_time_s": d["train_time_s"],
+                          "eval": {m: v for m, v in d["eval"].items() if is_number(v)},
+                          "warnings": [w["code"] for w in d.get("warnings", [])]}
+                         for i, d in enumerate(docs, start=1)],
+        }
+        (root / "cv.json").write_text(json.dumps(result, indent=2))
+        return result

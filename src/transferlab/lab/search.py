@@ -9,6 +9,7 @@ written as best.yaml, which `transferlab train --config best.yaml` re-runs. The 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -27,7 +28,7 @@ from transferlab.errors import UserError
 from transferlab.lab import study_store
 from transferlab.lab.compare import compile_strategies
 from transferlab.lab.cross_validation import drop_checkpoints
-from transferlab.pipeline import check_run_dir, load_run_data, make_accelerator, prepare_run, train_run
+from transferlab.pipeline import load_run_data, prepare_run, results_dir, train_run
 
 PARAM_FIELDS = {
     "lr": "strategy.lr", "head_lr": "strategy.head_lr", "strategy": "strategy.name",
@@ -238,42 +239,41 @@ def run_search(cfg: RunConfig, space: dict[str, Spec], trials: int, timeout: flo
     metric = cfg.training.metric or prep.task.metric
     maximize = metric != "loss" and prep.task.greater_is_better
     del prep  # its model is only needed for the check above: free it before the trials build their own
-    if place.shared:
-        out_dir = cfg.run_dir  # shared by the workers of this machine: trial numbers keep their runs apart
-    else:
-        out_dir = check_run_dir(cfg, resume=resume, overwrite=overwrite, accelerator=make_accelerator())
-    out_dir.mkdir(parents=True, exist_ok=True)
-    # a study is continued only by a search of the same space, metric and settings (wherever its runs are kept)
-    signature = {"metric": metric, "space": _space_doc(space),
-                 "config": {k: v for k, v in base.items() if k not in ("name", "output_dir")}}
-    study = study_store.open_study(place, shared_storage or study_store.connect(place),
-                                   "maximize" if maximize else "minimize", cfg.seed,
-                                   optuna.pruners.MedianPruner(n_startup_trials=startup_trials), signature)
-    to_run = _trials_left(study, trials, out_dir) if resume and not place.shared else trials
-    log.info("study '%s' in %s: %d trials finished, %d to run here", study.study_name, place.shown,
-             sum(t.state in study_store.FINISHED for t in study.trials), to_run)
+    # a shared study's directory is shared by the workers of this machine: trial numbers keep their runs apart
+    claim = contextlib.nullcontext(cfg.run_dir) if place.shared else results_dir(cfg, overwrite, resume)
+    with claim as out_dir:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        # a study is continued only by a search of the same space, metric and settings (wherever its runs are kept)
+        signature = {"metric": metric, "space": _space_doc(space),
+                     "config": {k: v for k, v in base.items() if k not in ("name", "output_dir")}}
+        study = study_store.open_study(place, shared_storage or study_store.connect(place),
+                                       "maximize" if maximize else "minimize", cfg.seed,
+                                       optuna.pruners.MedianPruner(n_startup_trials=startup_trials), signature)
+        to_run = _trials_left(study, trials, out_dir) if resume and not place.shared else trials
+        log.info("study '%s' in %s: %d trials finished, %d to run here", study.study_name, place.shown,
+                 sum(t.state in study_store.FINISHED for t in study.trials), to_run)
 
-    def objective(trial: optuna.Trial) -> float:
-        values = {name: _suggest(trial, name, spec) for name, spec in varied.items()}
-        run_cfg = config_for(base, values, f"trial {trial.number}", name=_trial_name(trial.number),
-                             output_dir=str(out_dir))
-        trial.set_user_attr("run_dir", str(run_cfg.run_dir))
-        trial.set_user_attr("worker", study_store.WORKER)
-        trial.set_user_attr("interrupted", False)  # a re-run trial inherits its original's attributes
-        try:
-            doc = train_run(run_cfg, show_progress=False, data=data, callbacks=(PruneOnEval(trial, metric),))
-        except KeyboardInterrupt:
-            trial.set_user_attr("interrupted", True)  # Optuna fails it; --resume runs it again
-            raise
-        finally:
-            drop_checkpoints(run_cfg.run_dir, keep_model=False)
-        return _score(doc, metric)
+        def objective(trial: optuna.Trial) -> float:
+            values = {name: _suggest(trial, name, spec) for name, spec in varied.items()}
+            run_cfg = config_for(base, values, f"trial {trial.number}", name=_trial_name(trial.number),
+                                 output_dir=str(out_dir))
+            trial.set_user_attr("run_dir", str(run_cfg.run_dir))
+            trial.set_user_attr("worker", study_store.WORKER)
+            trial.set_user_attr("interrupted", False)  # a re-run trial inherits its original's attributes
+            try:
+                doc = train_run(run_cfg, show_progress=False, data=data, callbacks=(PruneOnEval(trial, metric),))
+            except KeyboardInterrupt:
+                trial.set_user_attr("interrupted", True)  # Optuna fails it; --resume runs it again
+                raise
+            finally:
+                drop_checkpoints(run_cfg.run_dir, keep_model=False)
+            return _score(doc, metric)
 
-    started = time.perf_counter()
-    callbacks = [lambda s, t: on_trial(trial_rows(s)[t.number])] if on_trial else []
-    if to_run:
-        study.optimize(objective, n_trials=to_run, timeout=timeout, callbacks=callbacks)
-    return _summarise(study, metric, base, cfg, space, place, out_dir, time.perf_counter() - started)
+        started = time.perf_counter()
+        callbacks = [lambda s, t: on_trial(trial_rows(s)[t.number])] if on_trial else []
+        if to_run:
+            study.optimize(objective, n_trials=to_run, timeout=timeout, callbacks=callbacks)
+        return _summarise(study, metric, base, cfg, space, place, out_dir, time.perf_counter() - started)
 
 
 def _trials_left(study: optuna.Study, trials: int, out_dir: Path) -> int:

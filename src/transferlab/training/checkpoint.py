@@ -34,13 +34,17 @@ def save_checkpoint(accelerator: Accelerator, ckpt_root: Path, step: int, model:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
     accelerator.wait_for_everyone()
-    save_accelerator_state(str(tmp), [], [optimizer], [scheduler], [], accelerator.process_index, step)
-    if main:
-        save_model(model, str(tmp / "model.safetensors"))
-        if best_state is not None:
-            save_file(best_state, str(tmp / "best.safetensors"))
-        (tmp / "state.json").write_text(json.dumps(state))
-        (tmp / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
+    try:
+        save_accelerator_state(str(tmp), [], [optimizer], [scheduler], [], accelerator.process_index, step)
+        if main:
+            save_model(model, str(tmp / "model.safetensors"))
+            if best_state is not None:
+                save_file(best_state, str(tmp / "best.safetensors"))
+            (tmp / "state.json").write_text(json.dumps(state))
+            (tmp / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # the last complete checkpoint stays; a full disk gets space back
+        raise
     accelerator.wait_for_everyone()
     if main:
         _fsync_dir(tmp)
@@ -64,12 +68,19 @@ def _fsync_dir(path: Path) -> None:
 
 def latest_checkpoint(ckpt_root: Path) -> Path:
     """The directory of the last complete checkpoint, or a UserError saying there is none."""
-    pointer = ckpt_root / LATEST
-    if not pointer.is_file() or not (ckpt_root / pointer.read_text().strip()).is_dir():
+    path = last_checkpoint(ckpt_root)
+    if path is None:
         raise UserError(f"--resume: no checkpoint found in '{ckpt_root}'.",
                         "Resume needs the same --output and --name as the interrupted run; "
                         "start without --resume to train from scratch.")
-    return ckpt_root / pointer.read_text().strip()
+    return path
+
+
+def last_checkpoint(ckpt_root: Path) -> Path | None:
+    """The directory of the last complete checkpoint, or None."""
+    pointer = ckpt_root / LATEST
+    path = ckpt_root / pointer.read_text().strip() if pointer.is_file() else None
+    return path if path is not None and path.is_dir() else None
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module) -> tuple[dict, list[dict], dict | None]:
