@@ -20,6 +20,7 @@ AUTO_CLASSES: dict[str, str] = {
     "AutoModelForSequenceClassification": f"{_MODELING}:TransferlabForSequenceClassification",
     "AutoModelForTokenClassification": f"{_MODELING}:TransferlabForTokenClassification",
     "AutoModelForQuestionAnswering": f"{_MODELING}:TransferlabForQuestionAnswering",
+    "AutoModelForImageClassification": "transferlab.models.image_classification:TransferlabForImageClassification",
 }
 CONFIGS: dict[str, str] = {"transferlab": f"{_MODELING}:TransferlabConfig"}
 
