@@ -111,8 +111,16 @@ def train(
 def demo(
     full: Opt[bool, typer.Option("--full", help="all the data and more epochs (slower)")] = False,
     output: Opt[str, typer.Option(help="parent directory of runs")] = "runs",
+    vision: Opt[bool, typer.Option("--vision", help="images instead: EfficientNet-Lite0 on Fashion-MNIST, beside "
+                                                    "the same network from random weights")] = False,
 ) -> None:
-    """Fine-tune the bundled MiniLM on bundled Rotten Tomatoes reviews (freeze attention, train MLP)."""
+    """Fine-tune the bundled MiniLM on bundled Rotten Tomatoes reviews (freeze attention, train MLP); --vision:
+    the bundled EfficientNet-Lite0 on bundled Fashion-MNIST."""
+    if vision:
+        from transferlab.commands.vision_demo import run_vision_demo
+
+        run_vision_demo(output, _train_and_show)
+        return
     base = {"name": "demo-full" if full else "demo", "output_dir": output,
             "strategy": {"name": "freeze-attention"},
             "training": {"epochs": 3 if full else 2, "eval_every": 200}}
