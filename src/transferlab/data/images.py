@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gzip
 import logging
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -120,17 +119,17 @@ class _opened:
         self.limit = max_pixels or Image.MAX_IMAGE_PIXELS
 
     def __enter__(self) -> Image.Image:
+        previous = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None  # PIL's own check would ignore a raised limit: the size is checked below
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit is checked below
-                self.image = Image.open(self.path)
-        except Image.DecompressionBombError as err:
-            raise _too_large(self.path, str(err), self.limit, self.where) from err
+            self.image = Image.open(self.path)
         except FileNotFoundError as err:
             raise UserError(f"{self.where}Image file {self.path} does not exist.",
                             "Fix the path (paths in a table are relative to the table's folder).") from err
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
             raise _corrupt(self.path, err, self.where) from err
+        finally:
+            Image.MAX_IMAGE_PIXELS = previous
         width, height = self.image.size
         if self.limit and width * height > self.limit:
             self.image.close()
