@@ -99,6 +99,8 @@ class ImageClassificationTask(ClassificationTask):
         """Decode, convert to RGB, resize and normalise the images of one batch."""
         images = [open_image(f["_image"], self.options.max_pixels) for f in features]
         batch = self.processor.pad(self.processor.encode(images))
+        # channels-last images make the convolutions run channels-last (faster on CPU, above all under bf16)
+        batch["pixel_values"] = batch["pixel_values"].contiguous(memory_format=torch.channels_last)
         if "labels" in features[0]:
             batch["labels"] = torch.tensor([f["labels"] for f in features])
         return batch
