@@ -269,3 +269,20 @@ def test_real_efficientnet_lite0_learns_mnist_digits_from_200_images(tmp_path):
                         "training": {"epochs": 15, "batch_size": 16}, "doctor": {"train_eval_examples": 0}})
     doc = train_run(cfg, show_progress=False)
     assert doc["eval"]["accuracy"] >= 0.7, doc["eval"]["accuracy"]  # chance: 0.1
+
+
+# ---- the lab ------------------------------------------------------------------------------------------------
+def test_compare_with_random_init_and_train_sizes_and_folds_run_the_image_task(tmp_path, tiny_model, tree,
+                                                                                transferlab_cli, capsys):
+    import json
+
+    common = ["--model", tiny_model, "--data", tree, "--output", tmp_path, "--epochs", "1", "--batch-size", "6",
+              "--set", "task=image-classification", "--set", f"image.resolution={SIZE}", "--set", "doctor.enabled=false"]
+    assert transferlab_cli("compare", "--strategies", "feature-extraction", "--init", "pretrained,random", "--train-sizes",
+                           "9,all", *common) == 0, capsys.readouterr().err
+    rows = json.loads((tmp_path / "compare" / "compare.json").read_text())["rows"]
+    assert {(r["init"], r["train_size"]) for r in rows} == {(i, n) for i in ("pretrained", "random")
+                                                            for n in (9, 19)}  # all: 24 - 5 held out
+    assert transferlab_cli("train", "--folds", "2", "--strategy", "feature-extraction", "--name", "cv", *common) == 0
+    folds = json.loads((tmp_path / "cv" / "cv.json").read_text())
+    assert len(folds["per_fold"]) == 2 and 0 <= folds["metrics"]["accuracy"]["mean"] <= 1

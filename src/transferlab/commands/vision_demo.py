@@ -30,7 +30,9 @@ def demo_config(name: str, output: str, **changes) -> RunConfig:
                      "max_eval_examples": HELD_OUT_IMAGES},
             "image": {"resolution": RESOLUTION},
             "strategy": {"name": "freeze-bottom:5", "lr": 1e-3, "head_lr": 1e-3},
-            "training": {"epochs": 6, "batch_size": 64, "eval_batch_size": 128, "schedule": "cosine"}}
+            "training": {"epochs": 6, "batch_size": 64, "eval_batch_size": 128, "schedule": "cosine"},
+            # lr 1e-3 suits the top stages of a batch-normalised CNN (the default threshold is set for transformers)
+            "doctor": {"max_pretrained_lr": 1e-3}}
     return resolve_config(None, {}, [], base={**base, **changes})
 
 
