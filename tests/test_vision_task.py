@@ -277,9 +277,10 @@ def test_compare_with_random_init_and_train_sizes_and_folds_run_the_image_task(t
     import json
 
     common = ["--model", tiny_model, "--data", tree, "--output", tmp_path, "--epochs", "1", "--batch-size", "6",
-              "--set", "task=image-classification", "--set", f"image.resolution={SIZE}", "--set", "doctor.enabled=false"]
-    assert transferlab_cli("compare", "--strategies", "feature-extraction", "--init", "pretrained,random", "--train-sizes",
-                           "9,all", *common) == 0, capsys.readouterr().err
+              "--set", "task=image-classification", "--set", f"image.resolution={SIZE}",
+              "--set", "doctor.enabled=false"]
+    assert transferlab_cli("compare", "--strategies", "feature-extraction", "--init", "pretrained,random",
+                           "--train-sizes", "9,all", *common) == 0, capsys.readouterr().err
     rows = json.loads((tmp_path / "compare" / "compare.json").read_text())["rows"]
     assert {(r["init"], r["train_size"]) for r in rows} == {(i, n) for i in ("pretrained", "random")
                                                             for n in (9, 19)}  # all: 24 - 5 held out

@@ -62,7 +62,8 @@ def run_vision_demo(output: str, train_and_show) -> None:
     test = fashion_mnist("test").groupby("label").head(1).head(SHOWN_PREDICTIONS)
     console.print("[bold]predictions on Fashion-MNIST test images[/]")
     for (_, row), pred in zip(test.iterrows(), Predictor(cfg.run_dir).predict_frame(test), strict=True):
-        console.print(f"  {row['path']:<22} true {row['label']:<12} predicted {pred['label']:<12} ({pred['score']:.2f})")
+        console.print(f"  {row['path']:<22} true {row['label']:<12} predicted {pred['label']:<12} "
+                      f"({pred['score']:.2f})")
 
     console.print("[bold]the same architecture from random weights, same images and resolution, for about the "
                   "same time[/] (every layer trains: frozen random layers would learn nothing)")
