@@ -287,3 +287,16 @@ def test_compare_with_random_init_and_train_sizes_and_folds_run_the_image_task(t
     assert transferlab_cli("train", "--folds", "2", "--strategy", "feature-extraction", "--name", "cv", *common) == 0
     folds = json.loads((tmp_path / "cv" / "cv.json").read_text())
     assert len(folds["per_fold"]) == 2 and 0 <= folds["metrics"]["accuracy"]["mean"] <= 1
+
+
+# ---- deploy -------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_export_keeps_the_predictions_of_the_image_model(fmt, trained_run, tree):
+    from transferlab.deploy.export import export_model
+    from transferlab.deploy.predictor import Predictor
+
+    result = export_model(trained_run, fmt)
+    assert result.max_abs_diff <= 1e-4 and result.path.is_file()
+    rows = [{"image": str(p)} for p in sorted(tree.rglob("*.png"))[:7]]
+    ours = [p["label"] for p in Predictor(trained_run).predict(rows)]
+    assert [p["label"] for p in Predictor(result.path).predict(rows)] == ours

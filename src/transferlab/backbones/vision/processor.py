@@ -62,6 +62,7 @@ class ImageProcessor:
 
     modality = "image"
     input_names = ["pixel_values"]  # the tensors a batch holds for the model (exported graphs take them in order)
+    input_axes = {0: "batch", 2: "height", 3: "width"}  # what may vary between batches (exported graphs keep it)
 
     def __init__(self, image_processor: BaseImageProcessor):
         self.image_processor = image_processor
