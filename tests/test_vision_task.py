@@ -300,3 +300,40 @@ def test_export_keeps_the_predictions_of_the_image_model(fmt, trained_run, tree)
     rows = [{"image": str(p)} for p in sorted(tree.rglob("*.png"))[:7]]
     ours = [p["label"] for p in Predictor(trained_run).predict(rows)]
     assert [p["label"] for p in Predictor(result.path).predict(rows)] == ours
+
+
+def test_the_service_takes_base64_images_and_refuses_paths_and_broken_files(trained_run, tree, tmp_path):
+    import base64
+    import io
+    import sys
+
+    import httpx
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from serve_helpers import ServerThread
+
+    from transferlab.deploy.served_model import ModelSpec, ServedModel
+    from transferlab.deploy.service import Limits, create_app
+    from transferlab.deploy.workers import InProcessRunner
+
+    def encoded(image: Image.Image) -> str:
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return base64.b64encode(buffer.getvalue()).decode()
+
+    model = ServedModel(ModelSpec(str(trained_run)))
+    assert model.info.inputs == ["image"]
+    files = [tree / "red" / "2.png", tree / "blue" / "2.png"]
+    expected = [p["label"] for p in model.predict([{"image": str(f)} for f in files])]
+    with ServerThread(create_app(InProcessRunner(model), Limits(max_body_bytes=2_000_000))) as server, \
+            httpx.Client(base_url=server.url, timeout=60) as client:
+        body = {"image": [encoded(Image.open(f)) for f in files]}
+        answer = client.post("/predict", json=body)
+        assert answer.status_code == 200, answer.text
+        assert [p["label"] for p in answer.json()["predictions"]] == expected
+        for value, message in ((str(files[0]), "is not base64"),
+                               (base64.b64encode(b"not an image at all").decode(), "is not a readable image"),
+                               (base64.b64encode(bomb(tmp_path / "bomb.png").read_bytes()).decode(),
+                                "too large to decode safely")):
+            refused = client.post("/predict", json={"image": value})
+            assert refused.status_code == 422 and message in refused.text, refused.text

@@ -10,6 +10,7 @@ batch needs them.
 from __future__ import annotations
 
 import gzip
+import io
 import logging
 from pathlib import Path
 
@@ -98,11 +99,12 @@ def check_image(path: Path, max_pixels: int | None, where: str = "") -> None:
             raise _corrupt(path, err, where) from err
 
 
-def open_image(source: str | np.ndarray, max_pixels: int | None = None) -> Image.Image:
-    """The decoded image of a path (checked against the pixel limit) or of a uint8 array (bundled sets)."""
+def open_image(source: str | bytes | np.ndarray, max_pixels: int | None = None) -> Image.Image:
+    """The decoded image of a path or of a file's bytes (checked against the pixel limit), or of a uint8 array
+    (bundled sets)."""
     if isinstance(source, np.ndarray):
         return Image.fromarray(source)
-    path = Path(source)
+    path = source if isinstance(source, bytes) else Path(source)
     with _opened(path, max_pixels, "") as image:
         try:
             image.load()
@@ -111,18 +113,29 @@ def open_image(source: str | np.ndarray, max_pixels: int | None = None) -> Image
         return image.copy()
 
 
-class _opened:
-    """`Image.open` of a file with the errors of an unreadable or too large image turned into UserErrors."""
+def check_image_bytes(data: bytes, max_pixels: int | None, name: str) -> None:
+    """Refuse bytes that are no readable image or too large an image (what the service is sent), as check_image."""
+    with _opened(data, max_pixels, "", name) as image:
+        try:
+            image.verify()
+        except Exception as err:
+            raise _corrupt(name, err, "") from err
 
-    def __init__(self, path: Path, max_pixels: int | None, where: str):
-        self.path, self.where = path, where
+
+class _opened:
+    """`Image.open` of a file (or a file's bytes, shown as `name`) with the errors of an unreadable or too large
+    image turned into UserErrors."""
+
+    def __init__(self, source: Path | bytes, max_pixels: int | None, where: str, name: str = "the image"):
+        self.source, self.where = source, where
+        self.path = name if isinstance(source, bytes) else source
         self.limit = max_pixels or Image.MAX_IMAGE_PIXELS
 
     def __enter__(self) -> Image.Image:
         previous = Image.MAX_IMAGE_PIXELS
         Image.MAX_IMAGE_PIXELS = None  # PIL's own check would ignore a raised limit: the size is checked below
         try:
-            self.image = Image.open(self.path)
+            self.image = Image.open(io.BytesIO(self.source) if isinstance(self.source, bytes) else self.source)
         except FileNotFoundError as err:
             raise UserError(f"{self.where}Image file {self.path} does not exist.",
                             "Fix the path (paths in a table are relative to the table's folder).") from err
@@ -140,13 +153,13 @@ class _opened:
         self.image.close()
 
 
-def _corrupt(path: Path, err: Exception, where: str) -> UserError:
+def _corrupt(path: Path | str, err: Exception, where: str) -> UserError:
     reason = " ".join(str(err).split()) or type(err).__name__
     return UserError(f"{where}{path} is not a readable image ({reason}).",
                      "Replace the file with a valid image (PNG, JPEG, BMP, GIF, TIFF, WebP) or delete it.")
 
 
-def _too_large(path: Path, size: str, limit: int, where: str) -> UserError:
+def _too_large(path: Path | str, size: str, limit: int, where: str) -> UserError:
     return UserError(f"{where}{path} is too large to decode safely ({size}; the limit is {limit:,} pixels, PIL's "
                      "guard against decompression bombs).",
                      "Downscale the image (it is resized to the backbone's resolution anyway) or delete it; if you "
