@@ -17,6 +17,11 @@ $(STAMP): pyproject.toml
 	@if [ ! -f /usr/share/wordnet/index.noun ] && command -v apt-get >/dev/null; then \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wordnet-base) \
 		|| echo "warning: could not install wordnet-base (synonym augmentation unavailable)"; fi
+	@# Fashion-MNIST for `demo --vision` and the image task (Debian's dataset-fashion-mnist: /usr/share/datasets/);
+	@# skipped where apt is unavailable (the bundled name then says how to install it)
+	@if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] && command -v apt-get >/dev/null; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+		dataset-fashion-mnist >/dev/null) || echo "warning: could not install dataset-fashion-mnist (demo --vision unavailable)"; fi
 	@# A PostgreSQL server (Debian's postgresql) for the test of workers sharing a search study; skipped where apt is
 	@# unavailable (that test is then skipped)
 	@if ! command -v initdb >/dev/null && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \

@@ -9,6 +9,7 @@ from typing import Annotated
 
 from transferlab.config import DEFAULT_AUGMENT, AugmentConfig, RunConfig, apply_override, build_config, load_yaml
 from transferlab.console import make_console
+from transferlab.run_dir import holds_run, lock_path
 
 console = make_console()
 
@@ -59,3 +60,13 @@ def print_warnings(warnings: list[dict]) -> None:
     console.print(f"[bold yellow]doctor: {len(warnings)} warning(s)[/]")
     for w in warnings:
         console.print(f"[yellow]! {w['code']}[/] {w['message']}\n  [dim]fix:[/] {w['fix']}", highlight=False)
+
+
+def free_run_name(output: Path, name: str) -> str:
+    """`name`, or `name-2`, `name-3`... when earlier runs hold it: a demo never replaces a run unasked."""
+    taken = [name, *(f"{name}-{i}" for i in range(2, 1000))]
+    free = next(n for n in taken if not holds_run(output / n) and not lock_path(output / n).exists())
+    if free != name:
+        console.print(f"{output / name} holds an earlier run (kept); this demo is saved as [bold]{output / free}[/] "
+                      "(--overwrite replaces the earlier one instead)")
+    return free

@@ -8,11 +8,19 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from transferlab.commands.common import FLAG_FIELDS, Opt, console, print_warnings, resolve_config, with_augment
+from transferlab.commands.common import (
+    FLAG_FIELDS,
+    Opt,
+    console,
+    free_run_name,
+    print_warnings,
+    resolve_config,
+    with_augment,
+)
 from transferlab.config import RunConfig
 from transferlab.console import adapter_summary, auto_table, metrics_table, plan_table
 from transferlab.errors import UserError
-from transferlab.run_dir import check_run_name, holds_run, lock_path
+from transferlab.run_dir import check_run_name
 from transferlab.strategies.named import AUTO, strategy_usage
 
 if TYPE_CHECKING:  # heavy libraries load inside the commands that use them: `--help` answers at once
@@ -136,11 +144,19 @@ def demo(
     output: Opt[str, typer.Option(help="parent directory of runs")] = "runs",
     overwrite: Opt[bool, typer.Option(help="replace an earlier demo run (default: keep it and save this one "
                                            "as demo-2, demo-3, ...)")] = False,
+    vision: Opt[bool, typer.Option("--vision", help="images instead: EfficientNet-Lite0 on Fashion-MNIST, beside "
+                                                    "the same network from random weights")] = False,
 ) -> None:
-    """Fine-tune the bundled MiniLM on bundled Rotten Tomatoes reviews (freeze attention, train MLP)."""
+    """Fine-tune the bundled MiniLM on bundled Rotten Tomatoes reviews (freeze attention, train MLP); --vision:
+    the bundled EfficientNet-Lite0 on bundled Fashion-MNIST."""
+    if vision:
+        from transferlab.commands.vision_demo import run_vision_demo
+
+        run_vision_demo(output, overwrite, _train_and_show)
+        return
     name = "demo-full" if full else "demo"
     if not overwrite:
-        name = _free_name(Path(output), name)
+        name = free_run_name(Path(output), name)
     base = {"name": name, "output_dir": output,
             "strategy": {"name": "freeze-attention"},
             "training": {"epochs": 3 if full else 2, "eval_every": 200}}
@@ -154,16 +170,6 @@ def demo(
     predictions = Predictor(cfg.run_dir).predict([{"text": t} for t in DEMO_REVIEWS])
     for text, pred in zip(DEMO_REVIEWS, predictions, strict=True):
         console.print(f"  {pred['label']:>9} ({pred['score']:.2f})  {text}")
-
-
-def _free_name(output: Path, name: str) -> str:
-    """`name`, or `name-2`, `name-3`... when earlier runs hold it: a demo never replaces a run unasked."""
-    taken = [name, *(f"{name}-{i}" for i in range(2, 1000))]
-    free = next(n for n in taken if not holds_run(output / n) and not lock_path(output / n).exists())
-    if free != name:
-        console.print(f"{output / name} holds an earlier run (kept); this demo is saved as [bold]{output / free}[/] "
-                      "(--overwrite replaces the earlier one instead)")
-    return free
 
 
 def plan(

@@ -98,7 +98,9 @@ def _trace_inputs(predictor: Predictor, frame: pd.DataFrame) -> tuple[torch.Tens
 
 def _export_onnx(wrapper: ExportWrapper, example: tuple[torch.Tensor, ...], path: Path) -> None:
     outputs = list(wrapper.task.output_names)
-    axes = {name: {0: "batch", 1: "sequence"} for name in wrapper.input_names}
+    # the processor's variable axes (images: batch, height, width); token inputs vary in batch and sequence
+    variable = getattr(wrapper.task.processor, "input_axes", {0: "batch", 1: "sequence"})
+    axes = {name: dict(variable) for name in wrapper.input_names}
     axes.update({name: {0: "batch"} | ({1: "sequence"} if wrapper.task.per_position else {}) for name in outputs})
     torch.onnx.export(wrapper, example, str(path), dynamo=False, opset_version=ONNX_OPSET,
                       input_names=wrapper.input_names, output_names=outputs, dynamic_axes=axes,

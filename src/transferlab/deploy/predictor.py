@@ -96,10 +96,13 @@ class OnnxBackend:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.names = [i.name for i in self.session.get_inputs()]
+        # token ids and masks are int64 in the graph, pixels float32
+        self.dtypes = {i.name: np.float32 if i.type == "tensor(float)" else np.int64 for i in self.session.get_inputs()}
         self.outputs = [o.name for o in self.session.get_outputs()]
 
     def __call__(self, inputs: dict[str, torch.Tensor]):
-        values = self.session.run(self.outputs, {n: inputs[n].numpy().astype(np.int64) for n in self.names})
+        values = self.session.run(self.outputs, {n: np.ascontiguousarray(inputs[n].numpy(), self.dtypes[n])
+                                                 for n in self.names})
         return SimpleNamespace(**{n: torch.from_numpy(v) for n, v in zip(self.outputs, values, strict=True)})
 
 

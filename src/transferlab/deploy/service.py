@@ -9,6 +9,8 @@ worker processes (see workers.py); a request not answered within the timeout get
 # no `from __future__ import annotations`: /predict's body type is made per model at run time, and FastAPI
 # reads the endpoint's annotations as objects
 import asyncio
+import base64
+import binascii
 import hmac
 import json
 import sys
@@ -27,8 +29,10 @@ import transferlab
 from transferlab.deploy.batching import MicroBatcher, QueueFull, ShuttingDown
 from transferlab.deploy.service_metrics import MetricsMiddleware, ServiceMetrics
 from transferlab.deploy.workers import ModelRunner
+from transferlab.errors import UserError
 
 BEARER = HTTPBearer(auto_error=False)
+IMAGE_FIELD = "image"  # the input field of image models: a base64-encoded image file
 
 
 @dataclass(frozen=True)
@@ -88,8 +92,29 @@ def request_rows(request: BaseModel, inputs: list[str], limits: Limits) -> list[
         raise ValueError(f"{count} inputs in one request; the limit is {limits.max_items}: split the request")
     for name, column in columns.items():
         for i, value in enumerate(column):
-            check_value(f"{name}[{i}]", value, limits)
+            if name == IMAGE_FIELD:
+                column[i] = image_bytes(f"{name}[{i}]", value)
+            else:
+                check_value(f"{name}[{i}]", value, limits)
     return [dict(zip(inputs, row, strict=True)) for row in zip(*columns.values(), strict=True)]
+
+
+def image_bytes(name: str, value: str) -> bytes:
+    """The bytes of a base64-encoded image file, checked (readable, within the pixel limit) before any batch holds
+    it. Image fields are never file paths: the service opens nothing on its own disk for a client."""
+    try:
+        data = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"{name} is not base64: send the image file's bytes base64-encoded") from None
+    if not data:
+        raise ValueError(f"{name} is empty")
+    from transferlab.data.images import check_image_bytes  # here: a text model's service never needs PIL
+
+    try:
+        check_image_bytes(data, None, name)
+    except UserError as err:
+        raise ValueError(str(err)) from None
+    return data
 
 
 class PredictionsResponse(JSONResponse):

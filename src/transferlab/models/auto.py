@@ -21,6 +21,7 @@ AUTO_CLASSES: list[tuple[str, str]] = [
     ("AutoModelForSequenceClassification", f"{_MODELING}:TransferlabForSequenceClassification"),
     ("AutoModelForTokenClassification", f"{_MODELING}:TransferlabForTokenClassification"),
     ("AutoModelForQuestionAnswering", f"{_MODELING}:TransferlabForQuestionAnswering"),
+    ("AutoModelForImageClassification", "transferlab.models.image_classification:TransferlabForImageClassification"),
     ("AutoModelForSequenceClassification", f"{_BASELINES}:BaselineForSequenceClassification"),
 ]
 CONFIGS: dict[str, str] = {"transferlab": f"{_MODELING}:TransferlabConfig",

@@ -326,6 +326,14 @@ def strategy_options(cfg: RunConfig) -> StrategyOptions:
         phases=phases)
 
 
+# the strategy of a run that names none, on a model without attention layers (a CNN): freeze-attention's place
+DEFAULT_WITHOUT_ATTENTION = "llrd"
+
+
 def plan_for_config(cfg: RunConfig, groups: LayerGroups) -> Plan:
-    """The Plan a run config asks for, on these layer groups."""
-    return build_plan(cfg.strategy.name, groups, strategy_options(cfg))
+    """The Plan a run config asks for, on these layer groups. A config that names no strategy gets the default
+    (freeze-attention), or llrd where the model has no attention layers to freeze."""
+    name = cfg.strategy.name
+    if "name" not in cfg.strategy.model_fields_set and "attention" not in groups.kinds:
+        name = DEFAULT_WITHOUT_ATTENTION
+    return build_plan(name, groups, strategy_options(cfg))

@@ -1,5 +1,5 @@
 """Task registry: a run's `task` name -> its Task class. Importing the registry registers every task's config
-section (`ner:`, `qa:`, `pairs:`, `text2text:`), so configs can be validated."""
+section (`ner:`, `qa:`, `pairs:`, `text2text:`, `image:`), so configs can be validated."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ TASKS: dict[str, str | type] = {
     "qa": "transferlab.tasks.qa:QaTask",
     "pairs": "transferlab.tasks.pairs:PairsTask",
     "text2text": "transferlab.tasks.text2text:Text2TextTask",
+    "image-classification": "transferlab.tasks.images:ImageClassificationTask",
 }
 
 

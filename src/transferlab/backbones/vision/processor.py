@@ -61,9 +61,20 @@ class ImageProcessor:
     image, batches stacked, saved as preprocessor_config.json."""
 
     modality = "image"
+    input_names = ["pixel_values"]  # the tensors a batch holds for the model (exported graphs take them in order)
+    input_axes = {0: "batch", 2: "height", 3: "width"}  # what may vary between batches (exported graphs keep it)
 
     def __init__(self, image_processor: BaseImageProcessor):
         self.image_processor = image_processor
+
+    def resized(self, size: int | None) -> ImageProcessor:
+        """The same transform at `size` x `size` (None: unchanged), keeping the resize-to-crop ratio; what a model
+        trained at that size is saved with."""
+        if size is None or size == self.resolution:
+            return self
+        fields = {k: v for k, v in self.image_processor.to_dict().items()
+                  if k not in ("image_processor_type", "processor_class")}
+        return ImageProcessor(type(self.image_processor)(**{**fields, **self._sized(size)}))
 
     @property
     def resolution(self) -> int:
