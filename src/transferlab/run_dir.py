@@ -95,6 +95,7 @@ def run_lock(run_dir: Path, take_over_dead: bool = False) -> Iterator[None]:
     A lock left by a dead process of this host is an error that says how to clear it, unless `take_over_dead`
     (an explicit --resume of that killed run), when it is taken over with a warning."""
     path = lock_path(run_dir)
+    created = [folder for folder in (path.parent, *path.parent.parents) if not folder.exists()]  # innermost first
     path.parent.mkdir(parents=True, exist_ok=True)
     me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
           "command": shlex.join(["transferlab", *sys.argv[1:]])}
@@ -117,6 +118,12 @@ def run_lock(run_dir: Path, take_over_dead: bool = False) -> Iterator[None]:
     finally:
         if _read_holder(path).get("pid") == me["pid"]:
             path.unlink(missing_ok=True)
+        # folders made only to hold the lock go again when the run left nothing in them (bad input stops early)
+        for folder in created:
+            try:
+                folder.rmdir()
+            except OSError:
+                break
 
 
 def _locked_error(run_dir: Path, path: Path, holder: dict, dead: bool) -> UserError:
