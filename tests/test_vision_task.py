@@ -229,6 +229,21 @@ def test_freeze_bottom_keeps_the_frozen_stages_and_their_batch_norm_statistics(t
     assert any(not torch.equal(before[k], after[k]) for k in trained)
 
 
+
+@pytest.mark.parametrize("examples", [0, 1024])
+def test_batch_norm_statistics_of_learning_layers_are_re_estimated_before_each_evaluation(examples, tmp_path,
+                                                                                          tiny_model, tree):
+    """18 training images: with recalibration the running statistics are the average of one batch (all of them)
+    under the final weights; without it, the running average of the 6 training steps."""
+    cfg = build_config(config(tmp_path, tiny_model, str(tree), training={"epochs": 2, "batch_size": 6,
+                                                                         "bn_recalibration": examples}))
+    train_run(cfg, show_progress=False)
+    from transferlab.tasks.images import ImageClassificationTask
+
+    state = ImageClassificationTask.load_model(None, cfg.run_dir / "model").state_dict()  # type: ignore[arg-type]
+    tracked = {int(v) for k, v in state.items() if k.endswith("num_batches_tracked")}
+    assert tracked == ({1} if examples else {6})
+
 # ---- a saved run ------------------------------------------------------------------------------------------
 def test_predict_on_a_folder_writes_path_label_probability(trained_run, tree, tmp_path, transferlab_cli, capsys):
     out = tmp_path / "predictions.csv"

@@ -145,6 +145,8 @@ class TrainingConfig(ConfigSection):
     restore_best: bool = Field(True, description="end with the weights of the best evaluation")
     group_by_length: bool = True
     feature_cache: bool = Field(True, description="compute a phase's frozen bottom once and train the layers above")
+    bn_recalibration: int = Field(1024, ge=0, description="training examples that re-estimate the statistics of "
+                                  "batch-norm layers that learn, before each evaluation (0 = off)")
     report_to: list[Literal["tensorboard", "mlflow"]] = Field(
         default_factory=list, description="experiment trackers, writing into the run directory (tb/, mlruns/)")
 

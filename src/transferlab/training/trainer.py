@@ -26,6 +26,7 @@ from transferlab.config import TrainingConfig
 from transferlab.precision import autocast_dtype
 from transferlab.strategies.plan import ResolvedPhase
 from transferlab.tasks.base import Encoded, Task, concat_outputs
+from transferlab.training.batch_norm import learning_batch_norms, recalibrate, sample_indices
 from transferlab.training.batching import LengthGroupedBatchSampler
 from transferlab.training.callbacks import (
     BestWeights,
@@ -246,8 +247,27 @@ class Trainer:
         loss, outputs = self.predict(encoded.features)
         return loss, self.task.metrics(outputs, encoded.frame)
 
+    def _recalibrate_batch_norm(self) -> None:
+        """Batch-norm statistics of the layers that learn, re-estimated with the current weights on a fixed sample
+        of training examples (`training.bn_recalibration`; training/batch_norm.py says why)."""
+        cached = self._cache.get(self.train_set.features) if self._cache is not None else None
+        module = self._cache.module if cached is not None else self.model
+        if not self.config.bn_recalibration or not learning_batch_norms(module):
+            return
+        features, device = self.train_set.features, self.accelerator.device
+        chosen = sample_indices(len(features), self.config.bn_recalibration, self.seed)
+        loader = DataLoader([(i, features[i]) for i in chosen], batch_size=self.config.eval_batch_size,
+                            collate_fn=cached.collate if cached is not None else self._collate)
+
+        def forward(batch: dict) -> None:
+            with self._autocast():
+                module(**model_inputs({k: v.to(device) for k, v in batch.items()}))
+
+        recalibrate(module, loader, forward)
+
     def _evaluate_and_announce(self) -> None:
         st = self.state
+        self._recalibrate_batch_norm()
         loss, metrics = self.evaluate()
         st.last_eval_step = st.global_step
         record = {"kind": "eval", "step": st.global_step, "epoch": self._epoch_float(), "phase": st.phase,
@@ -351,6 +371,8 @@ class Trainer:
             if self.eval_set and st.last_eval_step != st.global_step:
                 self._evaluate_and_announce()
             self.emit("on_epoch_end")
+        if not self.eval_set:
+            self._recalibrate_batch_norm()
         self._cache = None
         finished = st.phase
         st.phase, st.epoch, st.step_in_epoch, st.phase_step = st.phase + 1, 0, 0, 0
