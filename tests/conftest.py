@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -11,7 +12,8 @@ import torch
 from transferlab.config import build_config
 from transferlab.pipeline import train_run
 
-torch.set_num_threads(2)
+# `make test` runs two pytest-xdist workers on a 2-core machine: one thread each, so they do not fight over cores
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 
 def tiny_config(tmp_path, **overrides) -> dict:
