@@ -78,24 +78,42 @@ def quantize(
     backend: Opt[str, typer.Option(help="onnx (ONNX Runtime) | torch (PyTorch dynamic, saved as TorchScript)")]
     = "onnx",
     eval_limit: Opt[int | None, typer.Option(help="measure accuracy on the first N eval examples only")] = None,
+    calibration: Opt[int, typer.Option(help="onnx, models with convolutions: training examples whose activation "
+                                            "ranges the static int8 model is calibrated on", min=1)] = 256,
 ) -> None:
-    """Dynamic int8 quantization, with accuracy re-measured on the eval set beside the fp32 model."""
+    """int8 quantization (static, calibrated on training examples, for convolutions; dynamic otherwise), with
+    accuracy re-measured on the eval set beside the fp32 model; the comparison is saved as RUN/quantize.json."""
+    import json
+    from dataclasses import asdict
+
     from transferlab.deploy.artifacts import Variant, model_dir_of, require_run_dir
     from transferlab.deploy.predictor import load_saved_task
+    from transferlab.deploy.quantize import StaticRecipe, int8_notes
     from transferlab.deploy.quantize import quantize as quantize_model
 
     model_dir = model_dir_of(run)
+    run_dir = require_run_dir(run, "quantize")
+    notes = {"method": "dynamic"}
     if backend == "torch" and not load_saved_task(model_dir).exportable:
         # a generating model stays eager: its int8 form is made at load time (serve / benchmark --int8)
         console.print("a text-generating model is quantized when loaded (--backend torch --int8): no file written")
         int8 = Variant(model_dir, "torch", True)
     else:
         with console.status(f"quantizing with {backend}"):
-            path = quantize_model(model_dir, backend)
-        console.print(f"wrote [bold]{path}[/] ({path.stat().st_size / 2**20:.1f} MB)")
+            path = quantize_model(model_dir, backend, static=StaticRecipe(calibration_examples=calibration))
+        if backend == "onnx":
+            notes = int8_notes(path)
+        how = (f"static int8, activation ranges calibrated on {notes['calibration_examples']} training examples"
+               if notes["method"] == "static" else "dynamic int8")
+        console.print(f"wrote [bold]{path}[/] ({path.stat().st_size / 2**20:.1f} MB): {how}")
         int8 = Variant(model_dir, "onnx" if backend == "onnx" else "torchscript", True)
-    compare([Variant(model_dir, "onnx" if backend == "onnx" else "torch"), int8],
-            require_run_dir(run, "quantize"), "fp32 vs int8", eval_limit=eval_limit)
+    rows = compare([Variant(model_dir, "onnx" if backend == "onnx" else "torch"), int8], run_dir, "fp32 vs int8",
+                   eval_limit=eval_limit)
+    record = {"backend": backend, **notes, "metric": rows[0].metric, "eval_limit": eval_limit,
+              "delta_points": None if None in (rows[0].score, rows[1].score)
+              else round(100 * (rows[1].score - rows[0].score), 2), "variants": [asdict(r) for r in rows]}
+    (run_dir / "quantize.json").write_text(json.dumps(record, indent=2))
+    console.print(f"wrote {run_dir / 'quantize.json'}")
 
 
 def prune(

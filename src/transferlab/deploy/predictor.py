@@ -110,7 +110,8 @@ class Predictor:
     """Batched inference over a run or model directory (or one of its model files) on a chosen backend.
 
     `backend`: torch | torchscript | onnx (default: the file's, or torch for a directory); `int8` picks the
-    quantized form (ONNX/TorchScript: the file `transferlab quantize` wrote; torch: quantized at load).
+    quantized form (ONNX/TorchScript: the file `transferlab quantize` wrote; torch: its Linear layers quantized at
+    load, refused for a model with convolutions).
     `precision` (torch fp32 only): fp32, bf16 (autocast), or auto = bf16 where the CPU runs it natively.
     `spin_wait=False` stops ONNX Runtime's threads busy-waiting between ops: slower alone, but a server's
     event loop gets the cycles (measured: 124 -> 156 requests/s for the int8 service on 2 cores).

@@ -1,120 +1,35 @@
 """The HTTP service: FastAPI over a model runner, with validation at the edge, auth, metrics and a bounded queue.
 
-Requests are validated before they reach the model (422), join the micro-batcher's bounded queue (503 with
+Requests (JSON, or multipart files for image models: see request_body.py) are validated before they reach the
+model (422, 415), join the micro-batcher's bounded queue (503 with
 Retry-After when it is full) and get their predictions from a shared forward pass, run in a thread or in
 worker processes (see workers.py); a request not answered within the timeout gets a 504. Shutdown
 (SIGINT/SIGTERM) stops accepting, lets uvicorn finish the requests in flight, then drains the queue.
 """
 
-# no `from __future__ import annotations`: /predict's body type is made per model at run time, and FastAPI
-# reads the endpoint's annotations as objects
+# no `from __future__ import annotations`: FastAPI reads the endpoints' annotations as objects
 import asyncio
-import base64
-import binascii
 import hmac
 import json
 import sys
 import time
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass
-from typing import Annotated, Literal
+from dataclasses import asdict
+from typing import Annotated
 
 import numpy as np
-from fastapi import Depends, FastAPI, HTTPException, Response
+from fastapi import Depends, FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field, create_model
 
 import transferlab
 from transferlab.deploy.batching import MicroBatcher, QueueFull, ShuttingDown
+from transferlab.deploy.request_body import Limits, UnsupportedMedia, openapi_body, read_rows, request_model
 from transferlab.deploy.service_metrics import MetricsMiddleware, ServiceMetrics
 from transferlab.deploy.workers import ModelRunner
-from transferlab.errors import UserError
 
 BEARER = HTTPBearer(auto_error=False)
-IMAGE_FIELD = "image"  # the input field of image models: a base64-encoded image file
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What one request may hold, how requests are batched, and how much may wait."""
-
-    max_items: int = 64
-    max_chars: int = 10_000
-    max_body_bytes: int = 1_000_000
-    max_batch: int = 64
-    max_wait_ms: float = 5.0
-    max_queue: int = 1024  # inputs waiting for a forward pass; more: 503
-    timeout_s: float = 10.0  # a request not answered by then: 504
-
-
-def request_model(inputs: list[str], models: tuple[str, ...] = ()) -> type[BaseModel]:
-    """The /predict body of a model whose input rows have the fields `inputs`: each field one value, or a list
-    of values (one per input); a field the model does not read is refused. Over several adapters, `model`
-    names the one that answers."""
-    fields = {name: (str | list[str], Field(description=f"the {name} of one input, or a list of them"))
-              for name in inputs}
-    if models:
-        fields["model"] = (Literal[models], Field(description=f"which model answers: {', '.join(models)}"))
-    return create_model("PredictRequest", __config__=ConfigDict(extra="forbid"), **fields)
-
-
-def check_value(name: str, value: str, limits: Limits) -> None:
-    """Refuse an empty, too long or non-Unicode value (a lone surrogate cannot be tokenized)."""
-    if not value.strip():
-        raise ValueError(f"{name} is empty")
-    if len(value) > limits.max_chars:
-        raise ValueError(f"{name} has {len(value):,} characters; the limit is {limits.max_chars:,}")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as err:
-        raise ValueError(f"{name} is not valid Unicode (a lone surrogate at character {err.start}): "
-                         "send UTF-8 text") from None
-
-
-def request_rows(request: BaseModel, inputs: list[str], limits: Limits) -> list[dict]:
-    """The input rows of a request; ValueError (sent as 422, naming the item) for what the model cannot take."""
-    values = {name: getattr(request, name) for name in inputs}
-    if all(isinstance(v, str) for v in values.values()):
-        columns = {name: [value] for name, value in values.items()}
-    elif any(isinstance(v, str) for v in values.values()):
-        raise ValueError(f"send every field ({', '.join(inputs)}) as one value, or every field as a list")
-    else:
-        columns = values
-    lengths = {name: len(column) for name, column in columns.items()}
-    if len(set(lengths.values())) > 1:
-        counts = " but ".join(f"{n} '{name}' values" for name, n in lengths.items())
-        raise ValueError(f"{counts}: send one of each per input")
-    count = lengths[inputs[0]]
-    if count == 0:
-        raise ValueError(f"'{inputs[0]}' is an empty list: send at least one input")
-    if count > limits.max_items:
-        raise ValueError(f"{count} inputs in one request; the limit is {limits.max_items}: split the request")
-    for name, column in columns.items():
-        for i, value in enumerate(column):
-            if name == IMAGE_FIELD:
-                column[i] = image_bytes(f"{name}[{i}]", value)
-            else:
-                check_value(f"{name}[{i}]", value, limits)
-    return [dict(zip(inputs, row, strict=True)) for row in zip(*columns.values(), strict=True)]
-
-
-def image_bytes(name: str, value: str) -> bytes:
-    """The bytes of a base64-encoded image file, checked (readable, within the pixel limit) before any batch holds
-    it. Image fields are never file paths: the service opens nothing on its own disk for a client."""
-    try:
-        data = base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError(f"{name} is not base64: send the image file's bytes base64-encoded") from None
-    if not data:
-        raise ValueError(f"{name} is empty")
-    from transferlab.data.images import check_image_bytes  # here: a text model's service never needs PIL
-
-    try:
-        check_image_bytes(data, None, name)
-    except UserError as err:
-        raise ValueError(str(err)) from None
-    return data
+DEFAULT_LIMITS = Limits()
 
 
 class PredictionsResponse(JSONResponse):
@@ -146,7 +61,7 @@ def token_guard(token: str):
     return require_token
 
 
-def create_app(runner: ModelRunner, limits: Limits = Limits(), token: str | None = None) -> FastAPI:
+def create_app(runner: ModelRunner, limits: Limits = DEFAULT_LIMITS, token: str | None = None) -> FastAPI:
     """The FastAPI application serving `runner`'s model; with `token`, every endpoint but /health needs it.
     The app closes the runner when it shuts down."""
     info = runner.info
@@ -174,16 +89,19 @@ def create_app(runner: ModelRunner, limits: Limits = Limits(), token: str | None
     request_body = request_model(info.inputs, info.models)
 
     @app.post("/predict", summary="Predictions for one input or a list of inputs", dependencies=guarded,
+              openapi_extra=openapi_body(request_body, info.inputs),
               responses={401: {"description": "missing or wrong bearer token"},
+                         413: {"description": "the body is larger than the limit"},
+                         415: {"description": "a body (or a file part) of a content type the model does not read"},
                          422: {"description": "invalid request (the message names the item)"},
                          500: {"description": "the model failed on this request"},
                          503: {"description": "queue full or shutting down: retry after Retry-After seconds"},
                          504: {"description": "not answered within the timeout"}})
-    async def predict(request: request_body) -> Response:
+    async def predict(request: Request) -> Response:
         try:
-            rows = request_rows(request, info.inputs, limits)
-            if info.models:
-                rows = [{**row, "model": request.model} for row in rows]
+            rows = await read_rows(request, request_body, info.inputs, info.models, limits)
+        except UnsupportedMedia as err:
+            raise HTTPException(415, str(err)) from err
         except ValueError as err:
             raise HTTPException(422, str(err)) from err
         batcher: MicroBatcher = state["batcher"]
@@ -224,7 +142,7 @@ def create_app(runner: ModelRunner, limits: Limits = Limits(), token: str | None
     return app
 
 
-def serve(runner: ModelRunner, host: str = "127.0.0.1", port: int = 8000, limits: Limits = Limits(),
+def serve(runner: ModelRunner, host: str = "127.0.0.1", port: int = 8000, limits: Limits = DEFAULT_LIMITS,
           token: str | None = None, log_level: str = "info") -> None:
     """Run the service with uvicorn until SIGINT/SIGTERM; in-flight requests finish before exit."""
     import uvicorn
