@@ -50,7 +50,7 @@ from transferlab.run_dir import (
 )
 from transferlab.strategies.adapters import add_adapters, check_keep_adapters, keep_adapters, needs_adapters
 from transferlab.strategies.named import plan_for_config
-from transferlab.strategies.plan import ResolvedPhase
+from transferlab.strategies.plan import ResolvedPhase, check_resolutions
 from transferlab.tasks import task_class
 from transferlab.tasks.base import RunData, Task
 from transferlab.training.baselines import check_baseline, fit_baseline, is_baseline, score
@@ -93,6 +93,7 @@ def prepare_run(cfg: RunConfig, data: RunData | None = None) -> PreparedRun:
         randomize_backbone(model, task.backbone_prefix)
     groups = add_adapters(cfg, backbone, model, task.layer_groups(model), task.layer_groups)
     phases = plan_for_config(cfg, groups).resolve(groups)
+    check_resolutions(phases, cfg.strategy.name, task.name, task.modality)
     check_keep_adapters(cfg, groups, phases)
     return PreparedRun(model, backbone, task, groups, phases, data)
 
