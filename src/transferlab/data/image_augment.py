@@ -14,7 +14,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from PIL import Image, ImageEnhance, ImageOps, ImageStat
+from PIL import Image, ImageEnhance, ImageOps
 from pydantic import Field, field_validator, model_validator
 
 from transferlab.config import ConfigSection
@@ -121,10 +121,12 @@ def random_resized_crop(image: Image.Image, size: int, scale: tuple[float, float
 
 
 def rotate(image: Image.Image, degrees: float, rng: np.random.Generator) -> Image.Image:
-    """Rotated by an angle drawn uniformly in [-degrees, degrees]; the uncovered corners take the image's mean
-    colour (black corners would be a cue that no test image has)."""
+    """Rotated by an angle drawn uniformly in [-degrees, degrees]; the uncovered corners take the mean colour of
+    the image's border, so they blend into a plain background (black corners would be a cue no test image has)."""
     angle = rng.uniform(-degrees, degrees)
-    fill = tuple(round(v) for v in ImageStat.Stat(image).mean)
+    pixels = np.asarray(image)
+    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    fill = tuple(int(v) for v in border.mean(axis=0).round())
     return image.rotate(angle, resample=Image.Resampling.BILINEAR, fillcolor=fill)
 
 

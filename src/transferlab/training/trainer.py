@@ -157,11 +157,12 @@ class Trainer:
         return DataLoader(list(enumerate(features)), batch_sampler=sampler, collate_fn=collate or self._collate,
                           generator=torch.Generator().manual_seed(self.seed))
 
-    def _cache_batches(self, features: list[dict], phase: ResolvedPhase):
-        """Encoded batches on this process's device, every example (no sharding: each process caches all); the
-        training examples as the phase trains on them (its resolution), the others as evaluation reads them."""
+    def _cache_batches(self, features: list[dict], phase: ResolvedPhase | None = None):
+        """Encoded batches on this process's device, every example (no sharding: each process caches all); with a
+        `phase`, the training examples as it trains on them (its resolution), the others as evaluation reads them."""
         device = self.accelerator.device
-        collate = partial(self._collate, phase=phase) if features is self.train_set.features else None
+        training = phase is not None and features is self.train_set.features
+        collate = partial(self._collate, phase=phase) if training else None
         for batch in self._loader(features, self.config.eval_batch_size, shuffle=False, collate=collate):
             yield {k: v.to(device) for k, v in batch.items()}
 
