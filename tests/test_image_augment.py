@@ -289,6 +289,14 @@ def test_bad_augmentation_options_stop_with_exit_2(override, message, tmp_path, 
     assert not (tmp_path / "runs").exists()
 
 
+def test_text_augmentation_on_images_points_to_image_augment(tmp_path, tiny_model, tree, transferlab_cli, capsys):
+    code = transferlab_cli("train", "--task", "image-classification", "--model", tiny_model, "--data", tree,
+                           "--output", tmp_path / "runs", "--augment", "--set", f"image.resolution={SIZE}")
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 2 and "which rewords texts, but task 'image-classification' reads images" in err, err
+    assert "--set image.augment.preset=light" in err
+
+
 def test_tta_on_a_model_without_it_or_an_unknown_mode_is_refused(trained_run, tmp_path, tiny_bert):
     from transferlab.deploy.predictor import Predictor
 

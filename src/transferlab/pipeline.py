@@ -112,6 +112,10 @@ def augment_train(cfg: RunConfig, task: Task | type[Task], frame: pd.DataFrame) 
     """The training examples followed by the augmented variants of their text (training split only)."""
     if not cfg.augment.enabled:
         return frame
+    if task.modality == "image":
+        raise UserError(f"Augmentation is on (config section 'augment', or --augment), which rewords texts, but task "
+                        f"'{cfg.task}' reads images.", "Drop --augment and use image augmentation instead: --set "
+                        "image.augment.preset=light (see docs/vision.md).")
     if not task.augmentable:
         raise UserError(f"Augmentation is on (config section 'augment') but task '{cfg.task}' labels parts of "
                         "a text (or scores it), which rewording would break.",

@@ -125,8 +125,9 @@ class Task(ABC):
         return self.collate(features)
 
     def training_variation(self) -> str:
-        """What changes the training batches every epoch, e.g. "augmentation changes the training texts"; '' when
-        nothing does. The frozen-feature cache then holds only the evaluation examples."""
+        """What changes the training batches every epoch, in words that end a sentence ("image.augment (flip)
+        changes the training images"); '' when nothing does. The frozen-feature cache then holds only the evaluation
+        examples."""
         return ""
 
     def tta_forward(self, forward: Callable[[dict[str, torch.Tensor]], Any], inputs: dict[str, torch.Tensor],

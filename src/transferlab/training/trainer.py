@@ -179,7 +179,7 @@ class Trainer:
                                               self._autocast) if lists else (None, "")
         if variation and cache_point(self.model, self.groups, phase.lrs) is not None:
             line = (f"frozen-feature cache: off for training, since {variation} every epoch; the frozen bottom "
-                    "runs on every training batch" + ("; the eval examples are cached" if self._cache else ""))
+                    "runs on every training batch" + ("" if self._cache is None else "; the eval examples are cached"))
         elif line and phase.phase.resolution and self._cache is not None:
             line += f" (training images at {phase.phase.resolution} px, evaluation at the run's resolution)"
         if not line:
