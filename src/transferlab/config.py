@@ -71,6 +71,8 @@ class PhaseConfig(ConfigSection):
     lrs: dict[str, float] = Field(description="group pattern (head, layer.4-5.ffn, layer.*) -> lr; others frozen")
     warmup: float | None = Field(None, ge=0, lt=1, description="None = training.warmup")
     schedule: Literal["linear", "cosine", "constant"] | None = Field(None, description="None = training.schedule")
+    resolution: int | None = Field(None, ge=16, le=2048, description="image tasks: train this phase on resolution x "
+                                                                     "resolution images; None = image.resolution")
 
 
 class LoraOptions(ConfigSection):

@@ -72,15 +72,19 @@ def adapter_summary(groups: LayerGroups) -> str | None:
 
 
 def plan_table(phases: list[ResolvedPhase], title: str) -> Table:
-    """Phase, epochs, schedule, groups that learn with their lr, trainable params and ratio."""
+    """Phase, epochs, schedule, groups that learn with their lr, trainable params and ratio; the training image
+    size of each phase when a phase sets one (progressive resizing)."""
     table = Table(title=title, title_justify="left")
-    for col in ("phase", "epochs", "schedule", "learns (group @ lr)", "trainable", "ratio"):
+    resized = any(p.phase.resolution for p in phases)
+    for col in ("phase", "epochs", "schedule", "learns (group @ lr)", "trainable", "ratio") + \
+            (("resolution",) if resized else ()):
         table.add_column(col, overflow="fold")
     for i, p in enumerate(phases):
         learns = p.learns or ", ".join(f"{g} @ {format_lr(lr)}" for g, lr in p.lrs.items())
+        size = (f"{p.phase.resolution} px" if p.phase.resolution else "the run's",) if resized else ()
         table.add_row(f"{i + 1} {p.phase.name}", f"{p.phase.epochs:g}",
                       f"{p.phase.schedule}, warmup {p.phase.warmup:g}", learns,
-                      f"{p.trainable_params:,} / {p.total_params:,}", f"{100 * p.trainable_ratio:.2f}%")
+                      f"{p.trainable_params:,} / {p.total_params:,}", f"{100 * p.trainable_ratio:.2f}%", *size)
     return table
 
 

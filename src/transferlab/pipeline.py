@@ -50,7 +50,7 @@ from transferlab.run_dir import (
 )
 from transferlab.strategies.adapters import add_adapters, check_keep_adapters, keep_adapters, needs_adapters
 from transferlab.strategies.named import plan_for_config
-from transferlab.strategies.plan import ResolvedPhase
+from transferlab.strategies.plan import ResolvedPhase, check_resolutions
 from transferlab.tasks import task_class
 from transferlab.tasks.base import RunData, Task
 from transferlab.training.baselines import check_baseline, fit_baseline, is_baseline, score
@@ -93,6 +93,7 @@ def prepare_run(cfg: RunConfig, data: RunData | None = None) -> PreparedRun:
         randomize_backbone(model, task.backbone_prefix)
     groups = add_adapters(cfg, backbone, model, task.layer_groups(model), task.layer_groups)
     phases = plan_for_config(cfg, groups).resolve(groups)
+    check_resolutions(phases, cfg.strategy.name, task.name, task.modality)
     check_keep_adapters(cfg, groups, phases)
     return PreparedRun(model, backbone, task, groups, phases, data)
 
@@ -111,6 +112,10 @@ def augment_train(cfg: RunConfig, task: Task | type[Task], frame: pd.DataFrame) 
     """The training examples followed by the augmented variants of their text (training split only)."""
     if not cfg.augment.enabled:
         return frame
+    if task.modality == "image":
+        raise UserError(f"Augmentation is on (config section 'augment', or --augment), which rewords texts, but task "
+                        f"'{cfg.task}' reads images.", "Drop --augment and use image augmentation instead: --set "
+                        "image.augment.preset=light (see docs/vision.md).")
     if not task.augmentable:
         raise UserError(f"Augmentation is on (config section 'augment') but task '{cfg.task}' labels parts of "
                         "a text (or scores it), which rewording would break.",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,6 +23,8 @@ from transferlab.console import adapter_summary, auto_table, metrics_table, plan
 from transferlab.errors import UserError
 from transferlab.run_dir import check_run_name
 from transferlab.strategies.named import AUTO, strategy_usage
+
+log = logging.getLogger("transferlab")
 
 if TYPE_CHECKING:  # heavy libraries load inside the commands that use them: `--help` answers at once
     import pandas as pd
@@ -200,7 +203,11 @@ def plan(
         console.print(adapters)
     for i, phase in enumerate(prep.phases):
         point = cache_point(prep.model, prep.groups, phase.lrs) if cfg.training.feature_cache else None
-        if point is not None:
+        variation = prep.task.training_variation()
+        if point is not None and variation:
+            console.print(f"phase {i + 1}: frozen-feature cache: {point.describe()} of the eval examples only: "
+                          f"training runs uncached, since {variation} every epoch")
+        elif point is not None:
             console.print(f"phase {i + 1}: frozen-feature cache: {point.describe()}, computed once")
 
 
@@ -223,12 +230,19 @@ def _explain_auto(cfg: RunConfig) -> None:
                   "left of the budget trains (see docs/strategies.md#auto)")
 
 
-def _saved_run(run: Path, columns: dict[str, str | None]):
+TTA_HELP = "test-time augmentation, image models: flip (mean class probabilities of each image and its mirror image) " \
+    "or crops (those and the four corner crops)"
+
+
+def _saved_run(run: Path, columns: dict[str, str | None], tta: str | None = None):
     """(predictor, run config with the command's column options applied) of a run or model directory."""
     from transferlab.deploy.artifacts import saved_run_config
     from transferlab.deploy.predictor import Predictor
 
-    predictor = Predictor(run)
+    predictor = Predictor(run, tta=tta)
+    if predictor.tta_note:
+        log.info("test-time augmentation: %s (mean class probabilities over %s)", predictor.tta,
+                 predictor.tta_note["averages"])
     doc = saved_run_config(predictor.model_dir).model_dump(mode="json")
     for field, value in columns.items():
         if value is not None:
@@ -247,15 +261,17 @@ def evaluate(
     output: Opt[Path | None, typer.Option(help="write metrics JSON here")] = None,
     tokens_column: Opt[str | None, typer.Option(help="NER models, JSONL data: the token-list column")] = None,
     tags_column: Opt[str | None, typer.Option(help="NER models, JSONL data: the tag-list column")] = None,
+    tta: Opt[str | None, typer.Option(help=TTA_HELP)] = None,
 ) -> None:
     """Evaluate a trained model on labelled data (NER: CoNLL/JSONL tagged sentences; QA: SQuAD JSON; the other
     tasks: files with the columns their run was trained on)."""
     writable_output(output)
     predictor, run_cfg = _saved_run(run, {"data.text_column": text_column, "data.label_column": label_column,
-                                          "ner.tokens_column": tokens_column, "ner.tags_column": tags_column})
+                                          "ner.tokens_column": tokens_column, "ner.tags_column": tags_column}, tta)
     frame = predictor.task.read_labelled(data, run_cfg)
     metrics = predictor.evaluate(frame)
-    console.print(metrics_table(metrics, f"metrics on {data} ({len(frame):,} examples)"))
+    console.print(metrics_table(metrics, f"metrics on {data} ({len(frame):,} examples"
+                                + (f", test-time augmentation {tta})" if tta else ")")))
     if output:
         output.write_text(json.dumps(metrics, indent=2))
 
@@ -271,16 +287,18 @@ def predict(
     context: Opt[str | None, typer.Option(help="QA models: the text the answers are taken from")] = None,
     base: Opt[str | None, typer.Option(help="run the run's kept adapters (--keep-adapters) over this base model "
                                             "(bundled name or directory) instead of its merged model")] = None,
+    tta: Opt[str | None, typer.Option(help=TTA_HELP)] = None,
 ) -> None:
     """Predict for inputs given as arguments or in a file (classification: label and probabilities; pairs: scores
     or labels; NER: entity spans; QA: the answer to --question in --context, or question/context columns of
     --input; text2text: generated text)."""
     writable_output(output, PREDICTION_FORMATS)
-    predictor, run_cfg = _saved_run(run, {"data.text_column": text_column})
+    predictor, run_cfg = _saved_run(run, {"data.text_column": text_column}, tta)
     if base is not None:
         from transferlab.deploy.adapters import MultiAdapterPredictor
 
         predictor = MultiAdapterPredictor(base, {"run": run})["run"]
+        predictor.tta = tta  # checked against the run's task above
     task = predictor.task
     if (question or context is not None) and "question" not in task.input_fields:
         raise UserError(f"predict --question/--context needs a QA model, but {predictor.model_dir} holds a "

@@ -45,5 +45,6 @@ class TransferlabForImageClassification(TransferlabPreTrainedModel):
         if features is None:
             features = self.features(pixel_values)
         logits = self.classifier(self.dropout(features))
+        # labels: class ids, or rows of class probabilities (mixup / cutmix training batches); cross_entropy takes both
         loss = nn.functional.cross_entropy(logits.float(), labels) if labels is not None else None
         return ImageClassifierOutputWithNoAttention(loss=loss, logits=logits)

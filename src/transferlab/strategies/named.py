@@ -316,7 +316,8 @@ def strategy_options(cfg: RunConfig) -> StrategyOptions:
     phases = None
     if s.phases is not None:
         phases = [Phase(name=p.name or f"phase {i + 1}", epochs=p.epochs, lrs=p.lrs,
-                        warmup=t.warmup if p.warmup is None else p.warmup, schedule=p.schedule or t.schedule)
+                        warmup=t.warmup if p.warmup is None else p.warmup, schedule=p.schedule or t.schedule,
+                        resolution=p.resolution)
                   for i, p in enumerate(s.phases)]
     epochs_per_phase = [s.epochs_per_phase] if isinstance(s.epochs_per_phase, float | int) else s.epochs_per_phase
     return StrategyOptions(

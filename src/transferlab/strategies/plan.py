@@ -29,6 +29,8 @@ class Phase(BaseModel):
     lrs: dict[str, float]
     warmup: float = Field(0.06, ge=0, lt=1, description="fraction of the phase's steps spent warming up")
     schedule: str = "linear"
+    resolution: int | None = Field(None, ge=16, le=2048, description="image tasks: the side of the square training "
+                                                                     "images of this phase (progressive resizing)")
 
 
 @dataclass
@@ -49,7 +51,8 @@ class ResolvedPhase:
         """The JSON form saved in metrics.json and printed by `transferlab plan`."""
         return {"phase": index + 1, "name": self.phase.name, "epochs": self.phase.epochs,
                 "schedule": self.phase.schedule, "warmup": self.phase.warmup, "groups": self.lrs, "learns": self.learns,
-                "trainable_params": self.trainable_params, "trainable_ratio": round(self.trainable_ratio, 6)}
+                "trainable_params": self.trainable_params, "trainable_ratio": round(self.trainable_ratio, 6),
+                **({"resolution": self.phase.resolution} if self.phase.resolution else {})}
 
 
 @dataclass
@@ -85,6 +88,18 @@ class Plan:
             trainable = sum(groups.size(g) for g in ordered)
             resolved.append(ResolvedPhase(phase, ordered, trainable, groups.total, describe_lrs(ordered, groups)))
         return resolved
+
+
+def check_resolutions(phases: list[ResolvedPhase], strategy: str, task: str, modality: str) -> None:
+    """A phase's `resolution` resizes images: refused, naming the phase, for a task whose inputs are not images."""
+    if modality == "image":
+        return
+    for index, p in enumerate(phases):
+        if p.phase.resolution is not None:
+            raise UserError(f"Phase {index + 1} ('{p.phase.name}') of '{strategy}' sets resolution: "
+                            f"{p.phase.resolution}, but task '{task}' reads {modality} inputs, which have no "
+                            "resolution.", "Drop `resolution` from the phase: it trains image tasks on smaller "
+                            "images first (progressive resizing).")
 
 
 def _no_overlap(lrs: dict[str, float], strategy: str, index: int) -> None:

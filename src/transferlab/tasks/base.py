@@ -10,9 +10,10 @@ with the order of calls.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -46,6 +47,18 @@ class Encoded:
         return len(self.features)
 
 
+@dataclass(frozen=True)
+class TrainingDraw:
+    """Where a training batch falls in a run: all that its random variation (augmentation) may depend on, besides
+    the examples' positions, so a seed gives the same batches and a resumed run replays them. `resolution` is the
+    phase's input size (None: the task's own)."""
+
+    seed: int
+    phase: int
+    epoch: int
+    resolution: int | None = None
+
+
 class Task(ABC):
     """Turns examples into features, batches into tensors, model outputs into predictions and metrics.
 
@@ -64,6 +77,7 @@ class Task(ABC):
     exportable: ClassVar[bool] = True  # the model is one forward pass (not generation), so ONNX/TorchScript apply
     backbone_prefix: ClassVar[str] = "backbone."  # where the backbone sits in the task model ("" = the model itself)
     pipeline_tag: ClassVar[str] = ""  # the transformers pipeline() task that runs a saved model (model cards show it)
+    tta_modes: ClassVar[dict[str, str]] = {}  # test-time augmentations `tta_forward` offers: name -> what it averages
 
     def __init__(self, processor: Processor):
         if processor.modality != self.modality:
@@ -104,6 +118,23 @@ class Task(ABC):
     def collate(self, features: list[dict]) -> dict[str, torch.Tensor]:
         """Pad a list of features into a batch (dynamic padding to the longest in the batch)."""
         return self.processor.pad(features)
+
+    def collate_train(self, features: list[dict], indices: list[int], draw: TrainingDraw) -> dict[str, torch.Tensor]:
+        """A training batch of the features at positions `indices` of the training set: `collate`, plus whatever
+        the task varies in training (augmentation, the phase's resolution), drawn from `draw` and the positions."""
+        return self.collate(features)
+
+    def training_variation(self) -> str:
+        """What changes the training batches every epoch, in words that end a sentence ("image.augment (flip)
+        changes the training images"); '' when nothing does. The frozen-feature cache then holds only the evaluation
+        examples."""
+        return ""
+
+    def tta_forward(self, forward: Callable[[dict[str, torch.Tensor]], Any], inputs: dict[str, torch.Tensor],
+                    mode: str) -> Any:
+        """The output of `forward` (a backend) on a batch, averaged over the test-time views `mode` (one of
+        `tta_modes`) makes of it; a task without test-time views returns the output itself."""
+        return forward(inputs)
 
     def graph_forward(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]):
         """The forward pass exported graphs record: tensors in, `output_names` out (no decoding loops)."""

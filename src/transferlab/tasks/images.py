@@ -2,19 +2,35 @@
 
 Labels, outputs, metrics and decoding are those of text classification (this task is that task over images): only
 reading the data and turning examples into pixels differ. Pixels are decoded per batch (`collate`), so a run holds
-paths or small arrays in memory, not a tensor per image; with `image.augment`, training batches are augmented.
+paths or small arrays in memory, not a tensor per image; with `image.augment`, training batches are augmented
+(`collate_train`: evaluation and prediction batches never are), at the phase's `resolution` where a plan sets one;
+`tta_forward` averages a saved model's probabilities over flipped (and cropped) views.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pandas as pd
 import torch
 from pydantic import Field
 
 from transferlab.backbones.base import Backbone, Processor
+from transferlab.backbones.vision.processor import to_rgb
 from transferlab.config import ConfigSection, ModelConfig, RunConfig, register_section
+from transferlab.data.image_augment import (
+    TTA_MODES,
+    ImageAugmentConfig,
+    augment_image,
+    batch_rng,
+    example_rng,
+    mix_batch,
+    random_resized_crop,
+    test_time_views,
+)
 from transferlab.data.images import (
     BUNDLED_IMAGES,
     image_folder,
@@ -28,7 +44,7 @@ from transferlab.data.sources import check_eval_labels, label_names
 from transferlab.errors import UserError
 from transferlab.models.build import build_task_model
 from transferlab.models.image_classification import TransferlabForImageClassification
-from transferlab.tasks.base import RunData
+from transferlab.tasks.base import RunData, TrainingDraw
 from transferlab.tasks.classification import ClassificationTask
 from transferlab.tasks.table import read_columns, train_and_eval
 
@@ -41,6 +57,8 @@ class ImageConfig(ConfigSection):
                                                                      "the backbone's own (224 for Lite0)")
     max_pixels: int | None = Field(None, ge=1, description="largest image (width x height) decoded; None = PIL's "
                                                            "decompression-bomb limit (89,478,485)")
+    augment: ImageAugmentConfig = Field(ImageAugmentConfig(), description="training-only augmentation (a preset "
+                                                                          "and/or its options)")
 
 
 register_section("image", ImageConfig)
@@ -53,6 +71,7 @@ class ImageClassificationTask(ClassificationTask):
     pipeline_tag = "image-classification"
     modality = "image"
     augmentable = False  # text augmentation: images have their own (image.augment)
+    tta_modes = TTA_MODES
 
     def __init__(self, label_names: list[str], processor: Processor, options: ImageConfig):
         super().__init__(label_names, processor.resized(options.resolution))
@@ -97,8 +116,48 @@ class ImageClassificationTask(ClassificationTask):
 
     def collate(self, features: list[dict]) -> dict[str, torch.Tensor]:
         """Decode, convert to RGB, resize and normalise the images of one batch."""
-        images = [open_image(f["_image"], self.options.max_pixels) for f in features]
-        batch = self.processor.pad(self.processor.encode(images))
+        return self._batch(self.processor.encode(self._images(features)), features)
+
+    def collate_train(self, features: list[dict], indices: list[int], draw: TrainingDraw) -> dict[str, torch.Tensor]:
+        """A training batch at the phase's resolution, augmented as `image.augment` says: each image from a generator
+        of (seed, phase, epoch, its position), the batch's mixing from one of (seed, phase, epoch, its positions)."""
+        options, images = self.options.augment, self._images(features)
+        if not options.per_image:
+            batch = self._batch(self.processor.encode(images, draw.resolution), features)
+        else:
+            rngs = [example_rng(draw.seed, draw.phase, draw.epoch, i) for i in indices]
+            if options.crop_scale:
+                size = draw.resolution or self.processor.resolution
+                framed = [random_resized_crop(to_rgb(image), size, options.crop_scale, rng, self.processor.resample)
+                          for image, rng in zip(images, rngs, strict=True)]
+            else:
+                framed = self.processor.frame(images, draw.resolution)
+            augmented = [augment_image(image, options, rng) for image, rng in zip(framed, rngs, strict=True)]
+            batch = self._batch(self.processor.normalise(augmented), features)
+        if options.mixes and "labels" in batch:
+            targets = torch.nn.functional.one_hot(batch["labels"], len(self.label_names)).float()
+            pixels, batch["labels"] = mix_batch(batch["pixel_values"], targets, options,
+                                                batch_rng(draw.seed, draw.phase, draw.epoch, indices))
+            batch["pixel_values"] = pixels.contiguous(memory_format=torch.channels_last)
+        return batch
+
+    def training_variation(self) -> str:
+        options = self.options.augment
+        return f"image.augment ({options.describe()}) changes the training images" \
+            if options.per_image or options.mixes else ""
+
+    def tta_forward(self, forward: Callable[[dict[str, torch.Tensor]], Any], inputs: dict[str, torch.Tensor],
+                    mode: str) -> SimpleNamespace:
+        """Logits whose softmax is the mean of the class probabilities over the views (the log of that mean)."""
+        probabilities = [torch.as_tensor(forward({**inputs, "pixel_values": view}).logits).float().softmax(-1)
+                         for view in test_time_views(inputs["pixel_values"], mode)]
+        return SimpleNamespace(logits=torch.stack(probabilities).mean(0).log())
+
+    def _images(self, features: list[dict]) -> list:
+        return [open_image(f["_image"], self.options.max_pixels) for f in features]
+
+    def _batch(self, encoded: list[dict], features: list[dict]) -> dict[str, torch.Tensor]:
+        batch = self.processor.pad(encoded)
         # channels-last images make the convolutions run channels-last (faster on CPU, above all under bf16)
         batch["pixel_values"] = batch["pixel_values"].contiguous(memory_format=torch.channels_last)
         if "labels" in features[0]:

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ from transferlab.backbones.groups import LayerGroups
 from transferlab.config import TrainingConfig
 from transferlab.precision import autocast_dtype
 from transferlab.strategies.plan import ResolvedPhase
-from transferlab.tasks.base import Encoded, Task, concat_outputs
+from transferlab.tasks.base import Encoded, Task, TrainingDraw, concat_outputs
 from transferlab.training.batch_norm import learning_batch_norms, recalibrate, sample_indices
 from transferlab.training.batching import LengthGroupedBatchSampler
 from transferlab.training.callbacks import (
@@ -39,7 +40,7 @@ from transferlab.training.callbacks import (
 )
 from transferlab.training.checkpoint import latest_checkpoint, load_checkpoint, restore_loop_state, save_checkpoint
 from transferlab.training.events import Callback, Callbacks
-from transferlab.training.feature_cache import PhaseCache, build_phase_cache
+from transferlab.training.feature_cache import PhaseCache, build_phase_cache, cache_point
 
 log = logging.getLogger("transferlab")
 
@@ -135,9 +136,16 @@ class Trainer:
         self.callbacks.emit(event, self, *payload)
 
     # ---- data -------------------------------------------------------------------------------------
-    def _collate(self, items: list[tuple[int, dict]]) -> dict:
-        batch = self.task.collate([f for _, f in items])
-        batch["_index"] = torch.tensor([i for i, _ in items])
+    def _collate(self, items: list[tuple[int, dict]], phase: ResolvedPhase | None = None) -> dict:
+        """A batch of (index, feature) pairs; with a `phase`, a training batch of that phase (augmented where the task
+        augments, at the phase's resolution), drawn from the epoch running when the loader asks for it."""
+        features, indices = [f for _, f in items], [i for i, _ in items]
+        if phase is None:
+            batch = self.task.collate(features)
+        else:
+            draw = TrainingDraw(self.seed, self.state.phase, self.state.epoch, phase.phase.resolution)
+            batch = self.task.collate_train(features, indices, draw)
+        batch["_index"] = torch.tensor(indices)
         return batch
 
     def _loader(self, features: list[dict], batch_size: int, shuffle: bool, collate=None) -> DataLoader:
@@ -150,25 +158,36 @@ class Trainer:
         return DataLoader(list(enumerate(features)), batch_sampler=sampler, collate_fn=collate or self._collate,
                           generator=torch.Generator().manual_seed(self.seed))
 
-    def _cache_batches(self, features: list[dict]):
-        """Encoded batches on this process's device, every example (no sharding: each process caches all)."""
+    def _cache_batches(self, features: list[dict], phase: ResolvedPhase | None = None):
+        """Encoded batches on this process's device, every example (no sharding: each process caches all); with a
+        `phase`, the training examples as it trains on them (its resolution), the others as evaluation reads them."""
         device = self.accelerator.device
-        for batch in self._loader(features, self.config.eval_batch_size, shuffle=False):
+        training = phase is not None and features is self.train_set.features
+        collate = partial(self._collate, phase=phase) if training else None
+        for batch in self._loader(features, self.config.eval_batch_size, shuffle=False, collate=collate):
             yield {k: v.to(device) for k, v in batch.items()}
 
     def _start_cache(self, phase: ResolvedPhase) -> None:
-        """Build the frozen-feature cache of a phase whose bottom stays frozen, and say so."""
+        """Build the frozen-feature cache of a phase whose bottom stays frozen, and say so. Training batches that
+        change every epoch (augmentation) cannot come from a cache: then only the eval examples are cached."""
         self._cache = None
         if not self.config.feature_cache:
             return
-        lists = [self.train_set.features] + ([self.eval_set.features] if self.eval_set else [])
-        self._cache, line = build_phase_cache(self.model, self.groups, phase.lrs, lists, self._cache_batches,
-                                              self.amp_dtype, self._autocast)
+        variation = self.task.training_variation()
+        lists = ([] if variation else [self.train_set.features]) + ([self.eval_set.features] if self.eval_set else [])
+        self._cache, line = build_phase_cache(self.model, self.groups, phase.lrs, lists,
+                                              partial(self._cache_batches, phase=phase), self.amp_dtype,
+                                              self._autocast) if lists else (None, "")
+        if variation and cache_point(self.model, self.groups, phase.lrs) is not None:
+            line = (f"frozen-feature cache: off for training, since {variation} every epoch; the frozen bottom "
+                    "runs on every training batch" + ("" if self._cache is None else "; the eval examples are cached"))
+        elif line and phase.phase.resolution and self._cache is not None:
+            line += f" (training images at {phase.phase.resolution} px, evaluation at the run's resolution)"
         if not line:
             return
         log.info(line)
         st = self.state
-        info = {"phase": st.phase, "cached": self._cache is not None, "message": line}
+        info = {"phase": st.phase, "cached": self._cache is not None and not variation, "message": line}
         st.extra.setdefault("feature_cache", {})[str(st.phase)] = info
         self.record({"kind": "cache", "step": st.global_step, **info})
 
@@ -327,7 +346,7 @@ class Trainer:
         self._start_cache(phase)
         cached = self._cache.get(self.train_set.features) if self._cache is not None else None
         loader = self._loader(self.train_set.features, cfg.batch_size, shuffle=True,
-                              collate=cached.collate if cached else None)
+                              collate=cached.collate if cached else partial(self._collate, phase=phase))
         acc.free_memory()
         model, self.optimizer, loader_p = acc.prepare(self._cache.module if cached else self.model, optimizer, loader)
         self._updates_per_epoch = math.ceil(len(loader_p) / cfg.grad_accum)

@@ -101,6 +101,26 @@ class ImageProcessor:
         pixels = self.image_processor([to_rgb(image) for image in images], return_tensors="pt", **overrides)
         return [{"pixel_values": p} for p in pixels["pixel_values"]]
 
+    def frame(self, images: list[Image.Image], size: int | None = None) -> list[Image.Image]:
+        """RGB images resized and cropped as `encode` frames them, not yet normalised (what augmentation starts
+        from when it crops nothing itself)."""
+        overrides = {} if size is None or size == self.resolution else self._sized(size)
+        arrays = self.image_processor([to_rgb(image) for image in images], return_tensors="np", do_rescale=False,
+                                      do_normalize=False, **overrides)["pixel_values"]
+        return [Image.fromarray(np.moveaxis(np.asarray(a).clip(0, 255).round().astype(np.uint8), 0, -1))
+                for a in arrays]
+
+    def normalise(self, images: list[Image.Image]) -> list[dict]:
+        """The pixel tensors of images already at the size the backbone sees (augmented ones): normalised only."""
+        pixels = self.image_processor([to_rgb(image) for image in images], return_tensors="pt", do_resize=False,
+                                      do_center_crop=False)
+        return [{"pixel_values": p} for p in pixels["pixel_values"]]
+
+    @property
+    def resample(self) -> int:
+        """The PIL resampling filter of the resize (what a random resized crop uses too)."""
+        return int(getattr(self.image_processor, "resample", None) or BILINEAR)
+
     def _sized(self, size: int) -> dict:
         p = self.image_processor
         if getattr(p, "do_center_crop", False) and p.crop_size is not None:
