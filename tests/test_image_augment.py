@@ -47,14 +47,20 @@ def prepared(tmp_path: Path, model: Path, data: Path, **sections):
 
 
 class Batches(Callback):
-    """Records the pixel batches the model sees: (phase, training?, pixels) for every forward pass."""
+    """Records the pixel batches the model sees: (phase, training?, pixels) for every forward pass; the passes that
+    re-estimate batch-norm statistics before an evaluation (training/batch_norm.py) go to `recalibrating`."""
 
     def __init__(self):
         self.seen: list[tuple[int, bool, torch.Tensor]] = []
+        self.recalibrating: list[torch.Tensor] = []
 
     def on_fit_start(self, trainer) -> None:
         def record(module, args, kwargs):
-            if kwargs.get("pixel_values") is not None:
+            if kwargs.get("pixel_values") is None:
+                return
+            if not module.training and any(m.training for m in module.modules()):
+                self.recalibrating.append(kwargs["pixel_values"].detach().clone())
+            else:
                 self.seen.append((trainer.state.phase, module.training, kwargs["pixel_values"].detach().clone()))
 
         trainer.model.register_forward_pre_hook(record, with_kwargs=True)
@@ -113,6 +119,8 @@ def test_a_run_with_augmentation_and_mixing_trains_and_never_augments_evaluation
     assert len(trained) == 2 * 18  # two epochs, and no training image is left as evaluation shows it
     plain = task.collate(task.encode(prepare_run(cfg).data.train))["pixel_values"]
     assert not any(torch.equal(t, p) for t in trained for p in plain)
+    # batch-norm statistics are re-estimated on training images as evaluation frames them, never augmented ones
+    assert seen.recalibrating and all(any(torch.equal(r, p) for p in plain) for b in seen.recalibrating for r in b)
 
 
 def _same_images(batch: torch.Tensor, reference: torch.Tensor) -> bool:
