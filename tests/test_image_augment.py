@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
 from PIL import Image
 from transformers import ResNetConfig, ResNetForImageClassification
 
@@ -19,6 +21,7 @@ from transferlab.errors import UserError
 from transferlab.pipeline import prepare_run, train_run
 from transferlab.tasks.base import TrainingDraw
 from transferlab.training.events import Callback
+from transferlab.training.trainer import Trainer
 
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import tiny_config  # noqa: E402
@@ -44,6 +47,20 @@ def tree(tmp_path_factory) -> Path:
 def prepared(tmp_path: Path, model: Path, data: Path, **sections):
     prep = prepare_run(build_config(config(tmp_path, model, str(data), **sections)))
     return prep.task, prep.task.encode(prep.data.train), prep.task.encode(prep.data.eval)
+
+
+def trainer(tmp_path: Path, model: Path, data: Path, callbacks=(), **sections) -> Trainer:
+    """The trainer of a run, without the pipeline's artefacts (plots, report, saved model): seconds."""
+    cfg = build_config(config(tmp_path, model, str(data), **sections))
+    set_seed(cfg.seed)
+    prep = prepare_run(cfg)
+    encoded = [prep.task.encoded(frame) for frame in (prep.data.train, prep.data.eval)]
+    return Trainer(prep.model, prep.task, prep.groups, prep.phases, *encoded, cfg.training, cfg.seed, cfg.run_dir,
+                   Accelerator(), callbacks=callbacks, show_progress=False)
+
+
+def records(run: Trainer, kind: str) -> list[dict]:
+    return [r for r in run.history if r["kind"] == kind]
 
 
 class Batches(Callback):
@@ -105,19 +122,18 @@ def test_mixup_and_cutmix_give_soft_targets_that_sum_to_one(mixing, tmp_path, ti
 
 
 def test_a_run_with_augmentation_and_mixing_trains_and_never_augments_evaluation(tmp_path, tiny_model, tree):
-    image = {"resolution": SIZE, "augment": {"preset": "strong", "cutmix": 1.0}}
     seen = Batches()
-    cfg = build_config(config(tmp_path, tiny_model, str(tree), image=image))
-    doc = train_run(cfg, show_progress=False, callbacks=(seen,))
-    losses = [r["loss"] for r in _history(cfg.run_dir) if r["kind"] == "train"]
-    assert doc["steps"] == 6 and losses and all(np.isfinite(losses))
-    task, _, evaluation = prepared(tmp_path, tiny_model, tree, image=image)
-    expected = task.collate(evaluation)["pixel_values"]
+    run = trainer(tmp_path, tiny_model, tree, callbacks=(seen,),
+                  image={"resolution": SIZE, "augment": {"preset": "strong", "cutmix": 1.0}})
+    state = run.train()
+    losses = [r["loss"] for r in records(run, "train")]
+    assert state.global_step == 6 and losses and all(np.isfinite(losses))
+    expected = run.task.collate(run.eval_set.features)["pixel_values"]
     evaluated = [pixels for _, training, pixels in seen.seen if not training]
     assert evaluated and all(_same_images(pixels, expected) for pixels in evaluated)
     trained = torch.cat([pixels for _, training, pixels in seen.seen if training])
     assert len(trained) == 2 * 18  # two epochs, and no training image is left as evaluation shows it
-    plain = task.collate(task.encode(prepare_run(cfg).data.train))["pixel_values"]
+    plain = run.task.collate(run.train_set.features)["pixel_values"]
     assert not any(torch.equal(t, p) for t in trained for p in plain)
     # batch-norm statistics are re-estimated on training images as evaluation frames them, never augmented ones
     assert seen.recalibrating and all(any(torch.equal(r, p) for p in plain) for b in seen.recalibrating for r in b)
@@ -128,10 +144,6 @@ def _same_images(batch: torch.Tensor, reference: torch.Tensor) -> bool:
     return all(any(torch.equal(image, r) for r in reference) for image in batch)
 
 
-def _history(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
-
-
 def test_an_interrupted_augmented_run_resumes_to_the_same_weights(tmp_path, tiny_model, tree):
     class Killed(Exception):
         pass
@@ -140,29 +152,26 @@ def test_an_interrupted_augmented_run_resumes_to_the_same_weights(tmp_path, tiny
         if record["kind"] == "train" and record["step"] == 4:
             raise Killed
 
-    image = {"resolution": SIZE, "augment": {"preset": "light", "mixup": 0.4}}
-    training = {"epochs": 2, "batch_size": 6, "log_every": 1, "save_every": 2}
-    straight = build_config(config(tmp_path, tiny_model, str(tree), name="straight", image=image, training=training))
-    train_run(straight, show_progress=False)
-    cut = build_config(config(tmp_path, tiny_model, str(tree), name="cut", image=image, training=training))
-    with pytest.raises(Killed):
-        train_run(cut, show_progress=False, callbacks=(kill_at_step_4,))
-    train_run(cut, resume=True, show_progress=False)
-    loss = {r["step"]: r["loss"] for r in _history(straight.run_dir) if r["kind"] == "train"}
-    assert {r["step"]: r["loss"] for r in _history(cut.run_dir) if r["kind"] == "train"} == pytest.approx(loss)
-    from safetensors.torch import load_file
-
-    ours, theirs = (load_file(run / "model" / "model.safetensors") for run in (cut.run_dir, straight.run_dir))
-    for name, value in theirs.items():
-        torch.testing.assert_close(ours[name], value, atol=1e-6, rtol=1e-6)
+    options = {"image": {"resolution": SIZE, "augment": {"preset": "light", "mixup": 0.4}},
+               "training": {"epochs": 2, "batch_size": 6, "log_every": 1, "save_every": 2}}
+    straight = trainer(tmp_path / "straight", tiny_model, tree, **options)
+    straight.train()
+    with pytest.raises(Killed):  # checkpoints at steps 2 and 3 (the first epoch's end): resume replays step 4
+        trainer(tmp_path / "cut", tiny_model, tree, callbacks=(kill_at_step_4,), **options).train()
+    resumed = trainer(tmp_path / "cut", tiny_model, tree, **options)
+    resumed.train(resume=True)
+    assert [r["loss"] for r in records(resumed, "train")] == pytest.approx([r["loss"] for r in
+                                                                            records(straight, "train")])
+    reference = straight.model.state_dict()
+    for name, value in resumed.model.state_dict().items():
+        torch.testing.assert_close(value, reference[name], atol=1e-6, rtol=1e-6)
 
 
 def test_augmentation_keeps_the_training_examples_out_of_the_feature_cache(tmp_path, tiny_model, tree, caplog):
-    strategy = {"name": "feature-extraction", "head_lr": 0.05}
-    cfg = build_config(config(tmp_path, tiny_model, str(tree), strategy=strategy, image=LIGHT))
+    run = trainer(tmp_path, tiny_model, tree, strategy={"name": "feature-extraction", "head_lr": 0.05}, image=LIGHT)
     with caplog.at_level("INFO", logger="transferlab"):
-        train_run(cfg, show_progress=False)
-    [cache] = [r for r in _history(cfg.run_dir) if r["kind"] == "cache"]
+        run.train()
+    [cache] = records(run, "cache")
     assert not cache["cached"]
     assert "off for training, since image.augment (flip, crop 0.7-1, rotation 10, colour jitter 0.2) changes the " \
            "training images every epoch" in cache["message"] and "the eval examples are cached" in cache["message"]
@@ -170,34 +179,37 @@ def test_augmentation_keeps_the_training_examples_out_of_the_feature_cache(tmp_p
 
 
 # ---- progressive resizing ---------------------------------------------------------------------------------------
-def test_each_phase_trains_at_its_resolution_and_evaluation_at_the_runs(tmp_path, tiny_model, tree, transferlab_cli,
-                                                                         capsys):
-    phases = [{"name": "small", "epochs": 1, "lrs": {"*": 3e-3}, "resolution": 16},
-              {"name": "full size", "epochs": 1, "lrs": {"*": 3e-3}}]
+PHASES = [{"name": "small", "epochs": 1, "lrs": {"*": 3e-3}, "resolution": 16},
+          {"name": "full size", "epochs": 1, "lrs": {"*": 3e-3}}]
+
+
+def test_each_phase_trains_at_its_resolution_and_evaluation_at_the_runs(tmp_path, tiny_model, tree):
     seen = Batches()
-    cfg = build_config(config(tmp_path, tiny_model, str(tree), strategy={"phases": phases}))
-    doc = train_run(cfg, show_progress=False, callbacks=(seen,))
+    run = trainer(tmp_path, tiny_model, tree, callbacks=(seen,), strategy={"phases": PHASES})
+    run.train()
     sizes = {(phase, training, pixels.shape[-1]) for phase, training, pixels in seen.seen}
     assert {(p, s) for p, training, s in sizes if training} == {(0, 16), (1, SIZE)}
     assert {s for _, training, s in sizes if not training} == {SIZE}
-    assert [p.get("resolution") for p in doc["plan"]] == [16, None]
-    assert json.loads((cfg.run_dir / "model" / "preprocessor_config.json").read_text())["crop_size"]["height"] == SIZE
+    assert [p.summary(i).get("resolution") for i, p in enumerate(run.phases)] == [16, None]  # metrics.json's plan
+    assert run.task.processor.resolution == SIZE  # what the model is saved with
 
+
+def test_plan_shows_each_phases_resolution(tmp_path, tiny_model, tree, transferlab_cli, capsys):
     path = tmp_path / "plan.yaml"
     path.write_text(json.dumps({"task": "image-classification", "model": {"name": str(tiny_model)},
                                 "data": {"train": str(tree)}, "image": {"resolution": SIZE},
-                                "strategy": {"phases": phases}}))
+                                "strategy": {"phases": PHASES}}))
     assert transferlab_cli("plan", "--config", path) == 0
-    out = " ".join(capsys.readouterr().out.split())
+    out = capsys.readouterr().out
     assert "resolution" in out and "16 px" in out and "the run's" in out
 
 
 def test_the_cache_of_a_small_phase_holds_small_images(tmp_path, tiny_model, tree):
     phases = [{"name": "small", "epochs": 2, "lrs": {"head": 0.05}, "resolution": 16},
               {"name": "full size", "epochs": 2, "lrs": {"head": 0.05}}]
-    cfg = build_config(config(tmp_path, tiny_model, str(tree), strategy={"phases": phases}))
-    train_run(cfg, show_progress=False)
-    small, full = [r for r in _history(cfg.run_dir) if r["kind"] == "cache"]
+    run = trainer(tmp_path, tiny_model, tree, strategy={"phases": phases})
+    run.train()
+    small, full = records(run, "cache")
     assert small["cached"] and full["cached"]
     assert "training images at 16 px, evaluation at the run's resolution" in small["message"]
     assert "16 px" not in full["message"]
