@@ -22,9 +22,9 @@ TINY = ["--max-train-examples", "64", "--max-eval-examples", "32", "--max-length
 
 @pytest.fixture(scope="module")
 def collapsed_run(tmp_path_factory, transferlab_cli) -> Path:
-    """`train --lr 1e-2` with the default strategy: 4 steps (fewer than log_every) that wreck the pretrained layers."""
+    """`train --lr 5e-2` with the default strategy: 4 steps (fewer than log_every) that wreck the pretrained layers."""
     out = tmp_path_factory.mktemp("collapsed")
-    assert transferlab_cli("train", *TINY, "--lr", "1e-2", "--name", "hot", "--output", out) == 0
+    assert transferlab_cli("train", *TINY, "--lr", "5e-2", "--name", "hot", "--output", out) == 0
     return out / "hot"
 
 
