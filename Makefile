@@ -35,7 +35,8 @@ demo: setup
 
 test: setup
 	$(VENV)/bin/ruff check src tests benchmarks scripts
-	$(VENV)/bin/pytest -q -p no:cacheprovider
+	@# two workers, one per core; a test file stays on one worker, so its module fixtures are built once
+	$(VENV)/bin/pytest -q -p no:cacheprovider -n 2 --dist loadfile
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks scripts

@@ -14,7 +14,6 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from PIL import Image
-from transformers import ResNetConfig, ResNetForImageClassification
 
 from transferlab.config import build_config
 from transferlab.errors import UserError
@@ -24,24 +23,14 @@ from transferlab.training.events import Callback
 from transferlab.training.trainer import Trainer
 
 sys.path.insert(0, str(Path(__file__).parent))
+import test_vision_task  # noqa: E402
 from conftest import tiny_config  # noqa: E402
-from test_vision_task import SIZE, config, image_tree  # noqa: E402
+from test_vision_task import SIZE, config  # noqa: E402
+
+# the task tests' tiny random ResNet and generated pictures, as fixtures of this module too
+tiny_model, tree = test_vision_task.tiny_model, test_vision_task.tree
 
 LIGHT = {"resolution": SIZE, "augment": {"preset": "light"}}
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "resnet"
-    ResNetForImageClassification(ResNetConfig(embedding_size=8, hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1],
-                                              layer_type="basic", num_labels=3)).save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def tree(tmp_path_factory) -> Path:
-    return image_tree(tmp_path_factory.mktemp("images") / "colours")
 
 
 def prepared(tmp_path: Path, model: Path, data: Path, **sections):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -55,8 +56,10 @@ def write_config(root: Path, name: str) -> Path:
 def kill_after_checkpoint(config: Path, run_dir: Path, log: Path) -> int:
     """Start `transferlab train`, SIGKILL it once a checkpoint past KILL_AFTER_STEP exists; return that step."""
     with log.open("w") as out:
+        # the child computes with this process's thread count, or its sums would differ in the last bits
+        env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
         proc = subprocess.Popen([str(TRANSFERLAB), "train", "--config", str(config)], stdout=out, stderr=out,
-                                cwd=config.parent)
+                                cwd=config.parent, env=env)
     pointer = run_dir / "checkpoints" / "latest"
     deadline = time.monotonic() + 900
     try:

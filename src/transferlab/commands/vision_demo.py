@@ -3,7 +3,7 @@ architecture trained from random weights on the same images (wall times printed 
 
 The settings are chosen for a 2-core CPU and a 10-minute budget: 96 x 96 inputs (the 28 x 28 images upscaled), the
 stem and the lowest five stages frozen (their output is computed once: the frozen-feature cache) and the top stages
-and head trained on 10,000 images; the held-out set is 2,000 images of the official test set, stratified.
+and head trained for 2 epochs on 20,000 images; the held-out set is 2,000 images of the official test set, stratified.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from transferlab.commands.common import console, free_run_name, resolve_config
 from transferlab.config import RunConfig
 
 RESOLUTION = 96
-TRAIN_IMAGES = 10_000
+TRAIN_IMAGES = 20_000
 HELD_OUT_IMAGES = 2_000
 SHOWN_PREDICTIONS = 6
-SCRATCH_EPOCHS = 0.5  # every layer of a random network trains, each step costs a full forward and backward pass
+SCRATCH_EPOCHS = 0.25  # 5,000 images: every layer of a random network trains, each step a full forward and backward
 
 
 def demo_config(name: str, output: str, **changes) -> RunConfig:
@@ -31,7 +31,8 @@ def demo_config(name: str, output: str, **changes) -> RunConfig:
                      "max_eval_examples": HELD_OUT_IMAGES},
             "image": {"resolution": RESOLUTION},
             "strategy": {"name": "freeze-bottom:5", "lr": 1e-3, "head_lr": 1e-3},
-            "training": {"epochs": 6, "batch_size": 64, "eval_batch_size": 128, "schedule": "cosine"},
+            # eval batches of 32: the frozen stages' activations then stay in cache (1.6x faster than 128 on 2 cores)
+            "training": {"epochs": 2, "batch_size": 64, "eval_batch_size": 32, "schedule": "cosine"},
             # lr 1e-3 suits the top stages of a batch-normalised CNN (the default threshold is set for transformers)
             "doctor": {"max_pretrained_lr": 1e-3}}
     return resolve_config(None, {}, [], base={**base, **changes})
@@ -74,7 +75,7 @@ def run_vision_demo(output: str, overwrite: bool, train_and_show) -> None:
                   "epoch[/] (every layer trains: frozen random layers would learn nothing)")
     scratch = demo_config(name("demo-vision-scratch"), output, model={"name": "efficientnet-lite0", "init": "random"},
                           strategy={"name": "full", "lr": 1e-3, "head_lr": 1e-3},
-                          training={"epochs": SCRATCH_EPOCHS, "batch_size": 64, "eval_batch_size": 128,
+                          training={"epochs": SCRATCH_EPOCHS, "batch_size": 64, "eval_batch_size": 32,
                                     "schedule": "cosine"})
     scratch_start = time.perf_counter()
     scratch_doc = train_run(scratch, overwrite=overwrite, show_progress=True)
