@@ -102,7 +102,8 @@ def run_hf(cfg: RunConfig, tuned: bool, output: Path) -> dict:
     evaluation = prep.task.encode(prep.data.eval)
     training_args = TrainingArguments(
         output_dir=str(output / "hf"), per_device_train_batch_size=t.batch_size,
-        per_device_eval_batch_size=t.eval_batch_size, num_train_epochs=t.epochs, learning_rate=lr,
+        per_device_eval_batch_size=t.eval_batch_size or prep.task.eval_batch_size,
+        num_train_epochs=t.epochs, learning_rate=lr,
         weight_decay=t.weight_decay, warmup_steps=t.warmup, lr_scheduler_type=t.schedule,
         max_grad_norm=t.max_grad_norm, eval_strategy="epoch", save_strategy="epoch", logging_strategy="no",
         report_to="none", seed=cfg.seed, disable_tqdm=True, use_cpu=not torch.cuda.is_available(),

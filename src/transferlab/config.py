@@ -131,7 +131,8 @@ class StrategyConfig(ConfigSection):
 class TrainingConfig(ConfigSection):
     epochs: float = Field(3, gt=0)
     batch_size: int = Field(32, ge=1)
-    eval_batch_size: int = Field(128, ge=1)
+    eval_batch_size: int | None = Field(None, ge=1, description="evaluation and frozen-feature cache batches "
+                                                            "(default: the task's, sized for throughput)")
     grad_accum: int = Field(1, ge=1)
     weight_decay: float = Field(0.01, ge=0)
     warmup: float = Field(0.06, ge=0, lt=1, description="fraction of each phase's steps")

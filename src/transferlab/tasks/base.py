@@ -78,6 +78,7 @@ class Task(ABC):
     backbone_prefix: ClassVar[str] = "backbone."  # where the backbone sits in the task model ("" = the model itself)
     pipeline_tag: ClassVar[str] = ""  # the transformers pipeline() task that runs a saved model (model cards show it)
     tta_modes: ClassVar[dict[str, str]] = {}  # test-time augmentations `tta_forward` offers: name -> what it averages
+    eval_batch_size: ClassVar[int] = 128  # inference batches when the config sets none: the fastest measured size
 
     def __init__(self, processor: Processor):
         if processor.modality != self.modality:

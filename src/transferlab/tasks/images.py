@@ -72,6 +72,9 @@ class ImageClassificationTask(ClassificationTask):
     modality = "image"
     augmentable = False  # text augmentation: images have their own (image.augment)
     tta_modes = TTA_MODES
+    # a CNN's early activations at 128 images no longer fit in a CPU's cache: 32 ran the frozen stages of
+    # EfficientNet-Lite0 1.6x faster (8.3 -> 5.3 ms per 96 px image on 2 cores)
+    eval_batch_size = 32
 
     def __init__(self, label_names: list[str], processor: Processor, options: ImageConfig):
         super().__init__(label_names, processor.resized(options.resolution))

@@ -95,6 +95,7 @@ class Trainer:
                    Checkpointer(), ProgressBar(show_progress)]
         self.callbacks = Callbacks([*builtin, *callbacks], accelerator.is_main_process)
         self.metric = config.metric or task.metric
+        self.eval_batch_size = config.eval_batch_size or task.eval_batch_size
         self.greater_is_better = task.greater_is_better if self.metric != "loss" else False
         self.amp_dtype = autocast_dtype(config.precision, accelerator.device)
         self.state = TrainState()
@@ -164,7 +165,7 @@ class Trainer:
         device = self.accelerator.device
         training = phase is not None and features is self.train_set.features
         collate = partial(self._collate, phase=phase) if training else None
-        for batch in self._loader(features, self.config.eval_batch_size, shuffle=False, collate=collate):
+        for batch in self._loader(features, self.eval_batch_size, shuffle=False, collate=collate):
             yield {k: v.to(device) for k, v in batch.items()}
 
     def _start_cache(self, phase: ResolvedPhase) -> None:
@@ -239,7 +240,7 @@ class Trainer:
         """Mean loss and task outputs over `features`, in their original order."""
         cached = self._cache.get(features) if self._cache is not None else None
         loader = self.accelerator.prepare_data_loader(
-            self._loader(features, self.config.eval_batch_size, shuffle=False,
+            self._loader(features, self.eval_batch_size, shuffle=False,
                          collate=cached.collate if cached else None))
         model = self._cache.module if cached is not None else self.model
         was_training = model.training
@@ -275,7 +276,7 @@ class Trainer:
             return
         features, device = self.train_set.features, self.accelerator.device
         chosen = sample_indices(len(features), self.config.bn_recalibration, self.seed)
-        loader = DataLoader([(i, features[i]) for i in chosen], batch_size=self.config.eval_batch_size,
+        loader = DataLoader([(i, features[i]) for i in chosen], batch_size=self.eval_batch_size,
                             collate_fn=cached.collate if cached is not None else self._collate)
 
         def forward(batch: dict) -> None:
