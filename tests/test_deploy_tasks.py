@@ -61,7 +61,7 @@ def test_a_qa_model_exports_int8_and_answers_over_windows(qa_run, transferlab_cl
     export = export_model(qa_run, "onnx")
     assert export.max_abs_diff <= PARITY_TOLERANCE
     assert Predictor(export.path).predict(rows) == Predictor(qa_run).predict(rows)
-    assert transferlab_cli("quantize", qa_run, "--eval-limit", "3") == 0
+    assert transferlab_cli("quantize", qa_run, "--eval-limit", "3", "--repeats", "2") == 0
     out = capsys.readouterr().out
     assert "onnx int8" in out and "f1" in out  # QA's own metric, beside fp32
     int8 = Predictor(qa_run, "onnx", int8=True).predict(rows)
@@ -90,7 +90,7 @@ def test_text_to_text_generates_on_torch_and_refuses_a_graph_export(tmp_path, tr
 
     monkeypatch.setattr(deploy.console, "width", 200)  # the table whole, not folded
     capsys.readouterr()
-    assert transferlab_cli("quantize", run, "--backend", "torch", "--eval-limit", "2") == 0
+    assert transferlab_cli("quantize", run, "--backend", "torch", "--eval-limit", "2", "--repeats", "2") == 0
     out = capsys.readouterr().out
     assert "torch int8" in out and "rougeL" in out
     assert np.isfinite(json.loads((run / "metrics.json").read_text())["eval"]["rougeL"])

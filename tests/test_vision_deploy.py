@@ -53,7 +53,7 @@ def image_run(tmp_path_factory) -> Path:
 def test_static_int8_is_calibrated_predicts_and_records_its_accuracy_delta(image_run, monkeypatch, capsys):
     from transferlab.deploy.quantize import int8_notes
 
-    code, out, err = run_cli(monkeypatch, capsys, "quantize", str(image_run), "--calibration", "20")
+    code, out, err = run_cli(monkeypatch, capsys, "quantize", str(image_run), "--calibration", "20", "--repeats", "2")
     assert code == 0, err
     assert "static int8, activation ranges calibrated on 20 training examples" in out
     fp32, int8 = image_run / "model" / "model.onnx", image_run / "model" / "model.int8.onnx"

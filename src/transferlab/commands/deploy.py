@@ -80,6 +80,7 @@ def quantize(
     eval_limit: Opt[int | None, typer.Option(help="measure accuracy on the first N eval examples only")] = None,
     calibration: Opt[int, typer.Option(help="onnx, models with convolutions: training examples whose activation "
                                             "ranges the static int8 model is calibrated on", min=1)] = 256,
+    repeats: Opt[int, typer.Option(help="timed batch-1 forward passes per variant for the latency", min=1)] = 20,
 ) -> None:
     """int8 quantization (static, calibrated on training examples, for convolutions; dynamic otherwise), with
     accuracy re-measured on the eval set beside the fp32 model; the comparison is saved as RUN/quantize.json."""
@@ -108,7 +109,7 @@ def quantize(
         console.print(f"wrote [bold]{path}[/] ({path.stat().st_size / 2**20:.1f} MB): {how}")
         int8 = Variant(model_dir, "onnx" if backend == "onnx" else "torchscript", True)
     rows = compare([Variant(model_dir, "onnx" if backend == "onnx" else "torch"), int8], run_dir, "fp32 vs int8",
-                   eval_limit=eval_limit)
+                   repeats=repeats, eval_limit=eval_limit)
     record = {"backend": backend, **notes, "metric": rows[0].metric, "eval_limit": eval_limit,
               "delta_points": None if None in (rows[0].score, rows[1].score)
               else round(100 * (rows[1].score - rows[0].score), 2), "variants": [asdict(r) for r in rows]}
