@@ -38,7 +38,7 @@ def run_config(args: argparse.Namespace, name: str) -> dict:
             "strategy": {"name": "full" if args.mode == "finetune" else "feature-extraction", "lr": LR,
                          "head_lr": LR},
             "training": {"epochs": args.epochs, "batch_size": args.batch_size, "warmup": 0.0,
-                         "schedule": "constant"},
+                         "schedule": "constant", "precision": args.precision},
             "doctor": {"enabled": False}}
 
 
@@ -112,6 +112,8 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, default=96)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                        help="transferlab's training.precision (the plain loop is fp32, as the docs write it)")
     parser.add_argument("--output", default="runs/bench-vision")
     args = parser.parse_args()
     torch.manual_seed(0)

@@ -42,6 +42,7 @@ from transferlab.backbones.vision.efficientnet_lite import (
 )
 from transferlab.backbones.vision.vgg import VggConfig, VggModel
 from transferlab.errors import UserError
+from transferlab.precision import autocast_dtype
 from transferlab.training.feature_cache import CachePoint, PhaseCache
 
 DATA = Path(__file__).parent / "data"
@@ -233,6 +234,18 @@ def test_randomize_reinitialises_weights_and_batch_norm_statistics(name, model_d
     family_of(backbone).randomize(backbone)
     assert all(not torch.equal(p, before[n]) for n, p in backbone.named_parameters() if p.dim() > 1)
     assert all(b.abs().max() == 0 for n, b in backbone.named_buffers() if n.endswith("running_mean"))
+
+
+def test_auto_precision_is_bf16_on_a_bf16_cpu_except_for_the_architectures_it_slows_down(model_dirs, monkeypatch):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    cpu = torch.device("cpu")
+    for name in ARCHITECTURES:
+        backbone = backbone_of(name, model_dirs)
+        expected = None if name == "efficientnet_lite" else torch.bfloat16
+        assert autocast_dtype("auto", cpu, family_of(backbone).cpu_bf16(backbone)) is expected, name
+    assert autocast_dtype("bf16", cpu, cpu_bf16=False) is torch.bfloat16  # asked for by name: given
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    assert autocast_dtype("auto", cpu, cpu_bf16=True) is None
 
 
 @pytest.mark.parametrize("name", [*TINY, "efficientnet_lite"])

@@ -22,6 +22,7 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 from transformers import get_scheduler
 
+from transferlab.backbones import family_of
 from transferlab.backbones.groups import LayerGroups
 from transferlab.config import TrainingConfig
 from transferlab.precision import autocast_dtype
@@ -97,7 +98,9 @@ class Trainer:
         self.metric = config.metric or task.metric
         self.eval_batch_size = config.eval_batch_size or task.eval_batch_size
         self.greater_is_better = task.greater_is_better if self.metric != "loss" else False
-        self.amp_dtype = autocast_dtype(config.precision, accelerator.device)
+        backbone = getattr(model, "backbone", None)
+        cpu_bf16 = not isinstance(backbone, torch.nn.Module) or family_of(backbone).cpu_bf16(backbone)
+        self.amp_dtype = autocast_dtype(config.precision, accelerator.device, cpu_bf16)
         self.state = TrainState()
         self.history: list[dict] = []
         self.best_state: dict[str, torch.Tensor] | None = None
