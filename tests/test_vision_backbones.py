@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,7 @@ from transferlab.backbones.vision.vgg import VggConfig, VggModel
 from transferlab.errors import UserError
 from transferlab.precision import autocast_dtype
 from transferlab.training.feature_cache import CachePoint, PhaseCache
+from transferlab.training.fold_batch_norm import batch_norms_folded
 
 DATA = Path(__file__).parent / "data"
 SIZE = 32  # tiny models see 32 x 32 images
@@ -208,6 +210,53 @@ def test_the_cache_stack_runs_from_every_level_as_the_whole_model_does(name, mod
             assert len(rows) == 2 and rows[0].dim() in (2, 3)  # one fixed-shape state per image
             logits = cache.module(**cache.collate_rows(rows)).logits
             torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-5)
+
+
+FOLDABLE = {"resnet", "mobilenet_v1", "mobilenet_v2", "efficientnet", "efficientnet_lite", "vgg"}  # conv + BN
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_batch_norms_fold_into_their_convolutions_and_come_back(name, model_dirs):
+    model = TinyImageClassifier(backbone_of(name, model_dirs)).eval()
+    with torch.no_grad():
+        for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):  # statistics worth folding
+            bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2), bn.weight.uniform_(0.5, 1.5)
+    before = {n: (p, p.detach().clone()) for n, p in model.named_parameters()}
+    expected = model.features(pictures())
+    with batch_norms_folded(model) as pairs, torch.no_grad():
+        assert (pairs > 0) == (name in FOLDABLE)
+        assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules()) or name not in FOLDABLE
+        torch.testing.assert_close(model.features(pictures()), expected, rtol=1e-4, atol=1e-5)
+    with pytest.raises(RuntimeError), batch_norms_folded(model):
+        raise RuntimeError("a failing pass")
+    after = dict(model.named_parameters())
+    assert after.keys() == before.keys()
+    assert all(after[n] is p and torch.equal(p, value) for n, (p, value) in before.items())  # the same objects
+
+
+class BatchNormFirst(nn.Module):
+    """A conv registered before the batch norm that the forward pass applies before it: not a foldable pair."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 3, 3, padding=1), nn.BatchNorm2d(3)
+        with torch.no_grad():
+            self.bn.running_mean.fill_(2.0), self.bn.running_var.fill_(4.0)
+
+    def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.bn(pixel_values)).mean((2, 3))
+
+
+def test_the_cache_folds_only_when_the_folded_model_computes_what_the_model_computes():
+    model, features = BatchNormFirst().eval(), [{}, {}]
+    with torch.no_grad():
+        plain = model.features(pictures())
+        with batch_norms_folded(model) as pairs:  # the pair is found by its order, and folding it is wrong
+            assert pairs == 1 and not torch.allclose(model.features(pictures()), plain, atol=1e-2)
+    cache = PhaseCache(model, CachePoint(None))
+    batches = [{"pixel_values": pictures(), "_index": torch.tensor([0, 1])}]
+    assert cache.add(features, batches, None, nullcontext, lambda nbytes, done: True)
+    torch.testing.assert_close(cache.get(features).values, plain)  # the cache ran unfolded
 
 
 @pytest.mark.parametrize("name", ARCHITECTURES)
