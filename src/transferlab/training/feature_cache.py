@@ -12,10 +12,9 @@ mask)` and accepts `features=` in its forward pass.
 
 from __future__ import annotations
 
-import itertools
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 
 import torch
@@ -158,13 +157,13 @@ class PhaseCache:
         self.model.eval()
         rows: list[torch.Tensor | None] = [None] * len(features)
         done, nbytes = 0, 0
-        batches = iter(batches)
-        first = next(batches, None)
         try:
-            with self._folded(first, amp_dtype):
-                for batch in itertools.chain([first] if first is not None else [], batches):
+            with ExitStack() as folding:
+                for n, batch in enumerate(batches):
                     with autocast():
                         batch_rows = self.rows(batch, self.dtype(amp_dtype))
+                    if n == 0 and amp_dtype is None:
+                        self._fold_if_exact(batch, batch_rows, folding)
                     for i, row in zip(batch["_index"].tolist(), batch_rows, strict=True):
                         rows[i] = row
                     done += len(batch_rows)
@@ -176,20 +175,16 @@ class PhaseCache:
         self._sets.append((features, CachedSet(rows, self.collate_rows)))
         return True
 
-    @contextmanager
-    def _folded(self, first: dict | None, amp_dtype: torch.dtype | None) -> Iterator[None]:
-        """fp32 passes run with the batch norms folded into their convolutions (fold_batch_norm.py), once the
-        folded model computed the first batch as the model does (else, and under autocast, they run unfolded)."""
-        if first is None or amp_dtype is not None or not conv_bn_pairs(self.model):
-            yield
+    def _fold_if_exact(self, batch: dict, rows: list[torch.Tensor], folding: ExitStack) -> None:
+        """Fold the batch norms into their convolutions (fold_batch_norm.py) for the fp32 passes still to come,
+        in `folding`, if the folded model computes `rows` of this batch as the model did (else unfold at once)."""
+        if not conv_bn_pairs(self.model):
             return
-        plain = torch.cat([r.flatten() for r in self.rows(first, torch.float32)])
-        with batch_norms_folded(self.model):
-            folded = torch.cat([r.flatten() for r in self.rows(first, torch.float32)])
-            if (folded - plain).abs().max() <= FOLD_TOLERANCE * plain.abs().max():
-                yield
-                return
-        yield
+        folding.enter_context(batch_norms_folded(self.model))
+        plain = torch.cat([r.flatten() for r in rows])
+        folded = torch.cat([r.flatten() for r in self.rows(batch, torch.float32)])
+        if (folded - plain).abs().max() > FOLD_TOLERANCE * plain.abs().max():
+            folding.close()
 
     def get(self, features: list[dict]) -> CachedSet | None:
         """The cached set of exactly this list of examples (by identity), if it was added."""
