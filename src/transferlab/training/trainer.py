@@ -28,6 +28,7 @@ from transferlab.config import TrainingConfig
 from transferlab.precision import autocast_dtype
 from transferlab.strategies.plan import ResolvedPhase
 from transferlab.tasks.base import Encoded, Task, TrainingDraw, concat_outputs
+from transferlab.training.allocator import keep_freed_memory
 from transferlab.training.batch_norm import learning_batch_norms, recalibrate, sample_indices
 from transferlab.training.batching import LengthGroupedBatchSampler
 from transferlab.training.callbacks import (
@@ -330,6 +331,8 @@ class Trainer:
         """Run every phase of the plan (from the last checkpoint when `resume`); end with the best model."""
         try:
             self.emit("on_fit_start")
+            if self.config.keep_freed_memory:
+                keep_freed_memory()
             if resume:
                 self._restore()
             self._clock = time.perf_counter()
