@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
 
 from transferlab.errors import UserError
 from transferlab.lab import auto
 from transferlab.lab.auto import Candidate, candidates, parse_budget
+from transferlab.tasks.base import RunData
 
 TINY = ["--max-train-examples", "60", "--max-eval-examples", "30", "--max-length", "32", "--batch-size", "16"]
 
@@ -25,7 +27,7 @@ def test_budgets_are_durations_or_epochs_of_full_fine_tuning():
 
 def test_candidates_follow_the_rules_of_thumb_plus_lora_and_llrd():
     names = lambda n: [c.strategy for c in candidates(n, 6)]  # noqa: E731
-    assert names(500) == ["tfidf", "feature-extraction", "bitfit", "lora", "llrd"]
+    assert names(500) == ["tfidf", "feature-extraction", "bitfit", "lora", "freeze-attention"]
     assert names(5_000) == ["freeze-bottom:3", "lora", "llrd"]
     assert names(50_000) == ["full", "lora", "llrd"]
 
@@ -56,6 +58,24 @@ def test_a_plan_too_long_for_the_budget_trains_fewer_epochs_when_it_is_the_best(
         auto._decide([probed("full", 0.9, 100.0)], left_s=100, epochs=3, scale=10, probed_epochs=1)
 
 
+def test_small_data_probes_cross_validate_so_every_example_is_scored_once():
+    frame = pd.DataFrame({"text": [f"t{i}" for i in range(200)], "label": ["pos"] * 120 + ["neg"] * 80})
+    folds = auto.probe_splits(RunData(frame, frame.head(0), ["neg", "pos"]), seed=42)
+    scored = pd.concat([f.eval for f in folds])["text"]
+    assert len(folds) == auto.PROBE_FOLDS and sorted(scored) == sorted(frame["text"])
+    assert all(set(f.train["text"]).isdisjoint(f.eval["text"]) and len(f.train) == 150 for f in folds)
+    assert all((f.eval["label"] == "pos").mean() == pytest.approx(0.6) for f in folds)  # stratified
+    big = pd.concat([frame] * 10, ignore_index=True).assign(text=[f"t{i}" for i in range(2000)])
+    [split] = auto.probe_splits(RunData(big, big.head(0), ["neg", "pos"]), seed=42)
+    assert len(split.train) == 1000 and len(split.eval) == 400  # one subset and a 20% slice, as before
+
+
+def test_a_fold_probe_predicts_the_run_from_one_fold_not_their_sum():
+    chosen, _, _ = auto._decide([probed("bitfit", 0.8, 40.0)], left_s=1000, epochs=3, scale=2, probed_epochs=3,
+                                folds=4)
+    assert chosen.predicted_time_s == 20.0  # 40 s over 4 folds = 10 s a probe, on half the data
+
+
 def test_a_budget_too_small_for_any_probe_names_the_minimum(tmp_path, transferlab_cli, capsys):
     code = transferlab_cli("train", "--strategy", "auto", "--budget", "1s", *TINY, "--output", tmp_path)
     err = capsys.readouterr().err
@@ -67,7 +87,8 @@ def test_plan_auto_explains_what_it_would_probe(transferlab_cli, capsys):
     assert transferlab_cli("plan", "--strategy", "auto", "--set", "data.max_train_examples=60") == 0
     out = capsys.readouterr().out
     assert "train examples: 60" in out and "auto would probe" in out
-    assert all(name in out for name in ("tfidf", "feature-extraction", "lora", "llrd"))
+    assert all(name in out for name in ("tfidf", "feature-extraction", "lora", "freeze-attention"))
+    assert "over 4 folds (every example scored once)" in out
 
 
 def test_auto_probes_prints_its_reasoning_trains_the_choice_and_records_it(tmp_path, transferlab_cli, capsys,
@@ -83,7 +104,7 @@ def test_auto_probes_prints_its_reasoning_trains_the_choice_and_records_it(tmp_p
     decision = doc["auto"]
     assert doc["strategy"] == decision["chosen"] in ("tfidf", "feature-extraction")
     assert decision["budget"] == "10m" and decision["train_examples"] == 60 and decision["classes"] == 2
-    assert decision["probe_train_examples"] + decision["probe_eval_examples"] == 60
+    assert decision["probe_train_examples"] + decision["probe_eval_examples"] == 60 and decision["probe_folds"] == 4
     rows = {c["strategy"]: c for c in decision["candidates"]}
     assert all(0 <= r["probe_score"] <= 1 and r["probe_time_s"] > 0 for r in rows.values())
     assert rows[decision["chosen"]]["decision"].startswith("chosen")

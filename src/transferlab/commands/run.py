@@ -59,7 +59,8 @@ def _train_and_show(cfg: RunConfig, resume: bool, overwrite: bool) -> dict:
             console.print(f"[bold]auto[/]: {decision.train_examples:,} train examples, {decision.classes} classes, "
                           f"{decision.model_params:,} parameters, budget {decision.budget or 'none'}; probes took "
                           f"{decision.probe_time_s:.0f}s on {decision.probe_train_examples:,} + "
-                          f"{decision.probe_eval_examples:,} training examples")
+                          f"{decision.probe_eval_examples:,} training examples"
+                          + (f", {decision.probe_folds} folds" if decision.probe_folds > 1 else ""))
             console.print(auto_table(decision.candidates, f"auto: {decision.chosen} chosen"))
             nonlocal title
             title = f"plan: {decision.chosen} (chosen by auto)"

@@ -7,9 +7,12 @@ Each candidate then trains on a stratified probe subset of the training split (a
 data is larger than the subset) for at least 50 optimizer updates, at most the run's own epochs, and is scored on
 another stratified slice of the training split, so the run's own held-out data never takes part in the choice.
 (A first version probed one epoch of the subset: on 400 reviews that is 10 updates, too few for any fine-tuned
-plan; `tfidf` won the probes and scored 61% held-out against the Trainer's 77%.) The probe's time per example, scaled to
-the whole training split and the configured epochs, predicts the full run's time; the best probe score whose full
-run fits in what is left of the budget wins (a faster plan within `TIE` of the best is preferred).
+plan; `tfidf` won the probes and scored 61% held-out against the Trainer's 77%.) Under SMALL examples a slice is
+too small to rank plans (200 reviews leave 40 to score on, where one review is 2.5 points), so the probes
+cross-validate over PROBE_FOLDS stratified folds instead and every training example is scored once. The probe's time
+per example, scaled to the whole training split and the configured epochs, predicts the full run's time; the best
+probe score whose full run fits in what is left of the budget wins (a faster plan within `TIE` of the best is
+preferred).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from accelerate.utils import set_seed
 
 from transferlab.backbones import open_backbone
 from transferlab.config import RunConfig, build_config
-from transferlab.data.splits import stratified_split, subsample
+from transferlab.data.splits import stratified_kfold, stratified_split, subsample
 from transferlab.errors import UserError
 from transferlab.pipeline import PreparedRun, load_run_data, make_accelerator, prepare_run, train_run
 from transferlab.run_dir import check_run_name
@@ -38,6 +41,7 @@ from transferlab.training.trainer import Trainer
 SMALL, LARGE = 1_000, 10_000  # the rules of thumb's data sizes
 PROBE_TRAIN = 1_000  # most examples a probe trains on
 PROBE_EVAL = 500  # most examples a probe is scored on
+PROBE_FOLDS = 4  # under SMALL examples probes cross-validate over this many folds
 MIN_PROBE_UPDATES = 50  # a probe trains at least this many optimizer updates (up to the run's own epochs)
 TIE = 0.005  # probe scores this close count as equal: the faster plan wins
 MIN_FINAL_EPOCHS = 0.5  # a plan whose full run would get fewer epochs than this within the budget is not chosen
@@ -92,18 +96,22 @@ def parse_budget(text: str | None) -> Budget:
 
 
 def candidates(train_examples: int, num_layers: int) -> list[Candidate]:
-    """The plans the rules of thumb suggest for this much data, with LoRA and layer-wise lr decay at every size."""
+    """The plans the rules of thumb suggest for this much data, with LoRA at every size; under SMALL examples also
+    freeze-attention (the best plan at 200 reviews over 3 seeds), from SMALL up layer-wise lr decay (at 200 reviews
+    its decayed rates left the model near a single class: F1 0.38)."""
+    lora = Candidate("lora", "few trainable parameters at any size")
     if train_examples < SMALL:
         rule = f"< {SMALL:,} examples: features or few parameters"
-        found = [Candidate("tfidf", f"{rule} (classical reference)"), Candidate("feature-extraction", rule),
-                 Candidate("bitfit", rule)]
-    elif train_examples <= LARGE:
+        return [Candidate("tfidf", f"{rule} (classical reference)"), Candidate("feature-extraction", rule),
+                Candidate("bitfit", rule), lora,
+                Candidate("freeze-attention", f"< {SMALL:,} examples: the attention stays pretrained, the "
+                          "feed-forward layers adapt (measured best at 200 reviews)")]
+    if train_examples <= LARGE:
         found = [Candidate(f"freeze-bottom:{num_layers // 2}",
                            f"{SMALL:,}-{LARGE:,} examples: freeze the bottom half")]
     else:
         found = [Candidate("full", f"> {LARGE:,} examples: fine-tune everything")]
-    return found + [Candidate("lora", "few trainable parameters at any size"),
-                    Candidate("llrd", "every layer at a rate decaying downwards, at any size")]
+    return found + [lora, Candidate("llrd", f"every layer at a rate decaying downwards, from {SMALL:,} examples")]
 
 
 def probe_split(data: RunData, seed: int) -> RunData:
@@ -118,6 +126,17 @@ def probe_split(data: RunData, seed: int) -> RunData:
     if len(train) > PROBE_TRAIN:
         train = subsample(train, PROBE_TRAIN, seed)
     return RunData(train.reset_index(drop=True), evaluation.reset_index(drop=True), data.labels)
+
+
+def probe_splits(data: RunData, seed: int) -> list[RunData]:
+    """Where each candidate is probed: under SMALL examples PROBE_FOLDS stratified folds of the training split
+    (fewer when the rarest class has fewer examples), otherwise the one probe split of `probe_split`."""
+    rarest = int(data.train["label"].value_counts().min())
+    if len(data.train) >= SMALL or rarest < 2:
+        return [probe_split(data, seed)]
+    folds = stratified_kfold(data.train, min(PROBE_FOLDS, rarest), seed)
+    return [RunData(train.reset_index(drop=True), evaluation.reset_index(drop=True), data.labels)
+            for train, evaluation in folds]
 
 
 def with_strategy(cfg: RunConfig, strategy: str, **training) -> RunConfig:
@@ -201,20 +220,23 @@ class AutoDecision:
     probe_epochs: float
     probe_time_s: float
     candidates: list[Candidate]
+    probe_folds: int = 1
 
     def to_json(self) -> dict:
         return asdict(self)
 
 
 def _decide(found: list[Candidate], left_s: float, epochs: float, scale: float,
-            probed_epochs: float) -> tuple[Candidate, float, str]:
+            probed_epochs: float, folds: int = 1) -> tuple[Candidate, float, str]:
     """The chosen candidate, its epochs and why; every candidate's `decision` filled in. A probe that trained
-    `probed_epochs` on 1/`scale` of the data predicts a full run `scale` x `epochs / probed_epochs` as long."""
+    `probed_epochs` on 1/`scale` of the data (`folds` times) predicts a full run `scale` x `epochs /
+    probed_epochs` as long as one of them."""
     fitting = []
     for c in found:
         if c.probe_score is None:
             continue
-        full_s = c.probe_time_s * scale * (1.0 if is_baseline(c.strategy) else epochs / probed_epochs)
+        one_probe_s = c.probe_time_s / folds
+        full_s = one_probe_s * scale * (1.0 if is_baseline(c.strategy) else epochs / probed_epochs)
         c.predicted_time_s = round(full_s, 1)
         c.epochs = None if is_baseline(c.strategy) else epochs
         if full_s > left_s:
@@ -256,7 +278,8 @@ def run_auto(cfg: RunConfig, overwrite: bool = False, show_progress: bool = True
                         "Pass --overwrite to replace it, or choose another --name.")
     budget = parse_budget(cfg.strategy.budget)
     data = data or load_run_data(cfg)
-    probe = probe_split(data, cfg.seed)
+    probes = probe_splits(data, cfg.seed)
+    probe = probes[0]
     full_prep = prepare_run(with_strategy(cfg, "full"), probe)
     per_example_s = step_seconds_per_example(full_prep, cfg.training.batch_size)
     budget_s = budget.total_s(lambda: per_example_s * len(data.train))
@@ -268,13 +291,14 @@ def run_auto(cfg: RunConfig, overwrite: bool = False, show_progress: bool = True
     epochs = probe_epochs(cfg, probe)
 
     def estimate(c: Candidate) -> float:
-        return estimated_probe_s(c, probe, epochs, per_example_s)
+        return len(probes) * estimated_probe_s(c, probe, epochs, per_example_s)
 
     cheapest = min(map(estimate, found))
     if left() < cheapest:
         raise UserError(f"--budget {budget.text} is too small for any probe: the cheapest candidate "
                         f"({min(found, key=estimate).strategy}) needs "
-                        f"about {math.ceil(cheapest)}s to probe on {len(probe.train)} + {len(probe.eval)} examples, "
+                        f"about {math.ceil(cheapest)}s to probe on {len(probe.train)} + {len(probe.eval)} examples"
+                        f"{f' ({len(probes)} folds)' if len(probes) > 1 else ''}, "
                         f"and {math.ceil(time.perf_counter() - start)}s went on reading the data and timing a step.",
                         f"Pass --budget {math.ceil(time.perf_counter() - start + cheapest) + 1}s or more (the chosen "
                         "plan then needs time to train too), or name a strategy yourself.")
@@ -282,14 +306,16 @@ def run_auto(cfg: RunConfig, overwrite: bool = False, show_progress: bool = True
         if estimate(c) > left():
             c.decision = "no time left to probe it"
             continue
-        c.probe_score, seconds, c.trainable_pct = run_probe(cfg, c.strategy, probe, epochs)
-        c.probe_time_s = round(seconds, 2)
+        measured = [run_probe(cfg, c.strategy, p, epochs) for p in probes]
+        c.probe_score = sum(m[0] for m in measured) / len(measured)
+        c.probe_time_s = round(sum(m[1] for m in measured), 2)
+        c.trainable_pct = measured[0][2]
     probe_time = time.perf_counter() - start
     scale = len(data.train) / len(probe.train)
-    chosen, final_epochs, reason = _decide(found, left(), cfg.training.epochs, scale, epochs)
+    chosen, final_epochs, reason = _decide(found, left(), cfg.training.epochs, scale, epochs, len(probes))
     decision = AutoDecision(chosen.strategy, final_epochs, reason, len(data.train), len(data.labels or []),
                             full_prep.groups.total, budget.text, None if budget_s == math.inf else round(budget_s, 1),
-                            len(probe.train), len(probe.eval), epochs, round(probe_time, 1), found)
+                            len(probe.train), len(probe.eval), epochs, round(probe_time, 1), found, len(probes))
     if on_decided is not None:
         on_decided(decision)
     # the saved config names the chosen plan: re-running it trains that plan as is
@@ -301,12 +327,14 @@ def run_auto(cfg: RunConfig, overwrite: bool = False, show_progress: bool = True
 def explain(cfg: RunConfig) -> tuple[dict, list[Candidate]]:
     """What `train --strategy auto` would read and probe, without training (for `plan --strategy auto`)."""
     data = load_run_data(cfg)
-    probe = probe_split(data, cfg.seed)
+    probes = probe_splits(data, cfg.seed)
+    probe = probes[0]
     prep = prepare_run(with_strategy(cfg, "full"), probe)
     facts = {"train examples": f"{len(data.train):,}", "classes": str(len(data.labels or [])),
              "model parameters": f"{prep.groups.total:,}",
              "probe": f"{probe_epochs(cfg, probe):g} epoch(s) on {len(probe.train):,} stratified training examples"
                       f" ({100 * len(probe.train) / len(data.train):.0f}% of the data), scored on "
-                      f"{len(probe.eval):,} others",
+                      f"{len(probe.eval):,} others" + (f", over {len(probes)} folds (every example scored once)"
+                                                        if len(probes) > 1 else ""),
              "budget": cfg.strategy.budget or "none: every candidate is probed, the best trains"}
     return facts, candidates(len(data.train), prep.groups.num_layers)
