@@ -13,13 +13,13 @@ from transferlab.pipeline import train_run
 from transferlab.training import trainer
 
 PROBE = """
-import sys, torch
+import os, sys, torch
 from transferlab.training.allocator import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
 def rss_mb():
     with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096 / 2**20
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 before = rss_mb()
 x = torch.ones(6_000_000)  # 24 MB, touched
 del x
