@@ -88,7 +88,15 @@ def test_plan_auto_explains_what_it_would_probe(transferlab_cli, capsys):
     out = capsys.readouterr().out
     assert "train examples: 60" in out and "auto would probe" in out
     assert all(name in out for name in ("tfidf", "feature-extraction", "lora", "freeze-attention"))
-    assert "over 4 folds (every example scored once)" in out
+    assert "over 4 folds (every example scored once; ranked by roc_auc" in out
+
+
+def test_a_probe_ranks_by_the_metric_asked_for_where_the_task_reports_it(monkeypatch):
+    cfg = auto.build_config({"data": {"max_train_examples": 60}, "model": {"max_length": 32}})
+    fold = auto.probe_splits(auto.load_run_data(cfg), cfg.seed)[0]
+    assert auto.run_probe(cfg, "tfidf", fold, 1.0, "roc_auc")[0] == "roc_auc"
+    assert auto.run_probe(cfg, "tfidf", fold, 1.0, "pearson")[0] == "accuracy"  # not a classification metric
+    assert auto.run_probe(cfg, "tfidf", fold, 1.0)[0] == "accuracy"
 
 
 def test_auto_probes_prints_its_reasoning_trains_the_choice_and_records_it(tmp_path, transferlab_cli, capsys,
@@ -105,6 +113,7 @@ def test_auto_probes_prints_its_reasoning_trains_the_choice_and_records_it(tmp_p
     assert doc["strategy"] == decision["chosen"] in ("tfidf", "feature-extraction")
     assert decision["budget"] == "10m" and decision["train_examples"] == 60 and decision["classes"] == 2
     assert decision["probe_train_examples"] + decision["probe_eval_examples"] == 60 and decision["probe_folds"] == 4
+    assert decision["probe_metric"] == "roc_auc" and "probe score = roc_auc" in out  # two classes, folds
     rows = {c["strategy"]: c for c in decision["candidates"]}
     assert all(0 <= r["probe_score"] <= 1 and r["probe_time_s"] > 0 for r in rows.values())
     assert rows[decision["chosen"]]["decision"].startswith("chosen")

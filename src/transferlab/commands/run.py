@@ -60,7 +60,8 @@ def _train_and_show(cfg: RunConfig, resume: bool, overwrite: bool) -> dict:
                           f"{decision.model_params:,} parameters, budget {decision.budget or 'none'}; probes took "
                           f"{decision.probe_time_s:.0f}s on {decision.probe_train_examples:,} + "
                           f"{decision.probe_eval_examples:,} training examples"
-                          + (f", {decision.probe_folds} folds" if decision.probe_folds > 1 else ""))
+                          + (f", {decision.probe_folds} folds" if decision.probe_folds > 1 else "")
+                          + (f"; probe score = {decision.probe_metric}" if decision.probe_metric else ""))
             console.print(auto_table(decision.candidates, f"auto: {decision.chosen} chosen"))
             nonlocal title
             title = f"plan: {decision.chosen} (chosen by auto)"

@@ -314,7 +314,9 @@ def _auto_section(auto: Mapping) -> Section:
     facts = (f"{_fmt(auto.get('train_examples'))} train examples, {_fmt(auto.get('classes'))} classes, "
              f"{_fmt(auto.get('model_params'))} parameters, budget {_fmt(auto.get('budget') or 'none')}; probes on "
              f"{_fmt(auto.get('probe_train_examples'))} + {_fmt(auto.get('probe_eval_examples'))} training examples "
-             f"{folds}took {_fmt(auto.get('probe_time_s'))} s; chosen: {_fmt(auto.get('chosen'))}")
+             f"{folds}took {_fmt(auto.get('probe_time_s'))} s"
+             + (f" (probe score = {auto['probe_metric']})" if auto.get("probe_metric") else "")
+             + f"; chosen: {_fmt(auto.get('chosen'))}")
     rows = [[Cell(_fmt(c.get(key)), c.get("strategy") == auto.get("chosen")) for key in AUTO_COLUMNS]
             for c in auto.get("candidates", [])]
     return Section("How auto chose the plan", "tables", [Table(list(AUTO_COLUMNS.values()), rows, facts)])
