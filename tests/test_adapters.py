@@ -227,7 +227,7 @@ def test_plan_shows_adapters_and_where_the_cache_still_applies(tmp_path, transfe
     monkeypatch.setattr(run_commands.console, "width", 250)
     assert transferlab_cli("plan", "--strategy", "lora") == 0
     out = " ".join(capsys.readouterr().out.split())
-    assert "layer.0-5.attention.adapter @ 5.0e-04, head @ 1.0e-03" in out
+    assert "layer.0-5.attention.adapter @ 1.0e-03, head @ 1.0e-03" in out
     assert "adapters: layer.0-5.attention.adapter 147,456 params (0.64% of 22,861,442)" in out
     assert "296,066 / 22,861,442" in out and "1.30%" in out
     # adapters only in the top two layers: a phase above the adapter-free bottom uses the cache, one with
