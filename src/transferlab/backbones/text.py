@@ -66,6 +66,9 @@ DEFAULT_MAX_LENGTH = 256
 # RoBERTa-style models number positions from padding_idx + 1: two of their position rows are never a token's
 POSITION_OFFSET = {"roberta": 2, "xlm-roberta": 2, "camembert": 2}
 MIN_VOCAB_SHARE = 0.5  # a tokenizer with fewer tokens than this share of the embedding rows is not the model's
+# batches are padded to a multiple of this many tokens: CPU bf16 kernels are built and kept per input shape
+# (~8 MB each), so a run meets 16 shapes instead of up to 128 at max_length 128 (docs/training.md)
+PAD_MULTIPLE = 8
 CHECKSUM_FILE = "tokenizer.sha256"
 CHECKSUM_PROBE = "Héllo WORLD, naïve café! Don't stop: 12.50 € at 3pm -- ŒUVRE ﬁne 東京"
 
@@ -88,7 +91,10 @@ class TextProcessor:
         return len(feature["input_ids"])
 
     def pad(self, features: list[dict]) -> dict[str, torch.Tensor]:
-        return self.tokenizer.pad(features, return_tensors="pt")
+        longest = max(len(f["input_ids"]) for f in features)
+        # rounded up, but never past max_length: that may be the most positions the model has
+        width = min(-(-longest // PAD_MULTIPLE) * PAD_MULTIPLE, max(longest, self.max_length))
+        return self.tokenizer.pad(features, padding="max_length", max_length=width, return_tensors="pt")
 
     def save(self, model_dir: Path) -> None:
         self.tokenizer.save_pretrained(model_dir)
