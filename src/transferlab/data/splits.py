@@ -15,7 +15,7 @@ def stratified_split(frame: pd.DataFrame, eval_fraction: float = 0.2, seed: int 
     if not 0 < eval_fraction < 1:
         raise UserError(f"The eval fraction must lie strictly between 0 and 1, not {eval_fraction}.",
                         "Use a value such as 0.2 (20% of the examples held out for evaluation).")
-    label, count = _rarest_class(frame, label_column)
+    label, count = rarest_class(frame, label_column)
     if count < 2:
         raise UserError(f"Class {label!r} has only {count} example, so it cannot be in both train and eval.",
                         "Add at least one more example of it, or remove it from the data.")
@@ -26,7 +26,7 @@ def stratified_split(frame: pd.DataFrame, eval_fraction: float = 0.2, seed: int 
 def stratified_kfold(frame: pd.DataFrame, k: int, seed: int = 0,
                      label_column: str = "label") -> list[tuple[pd.DataFrame, pd.DataFrame]]:
     """k (train, eval) pairs; every row is in exactly one eval fold, each fold keeps the class proportions."""
-    label, count = _rarest_class(frame, label_column)
+    label, count = rarest_class(frame, label_column)
     if k < 2 or k > count:
         fix = f"Choose k between 2 and {count}, or add" if count >= 2 else "Add"
         raise UserError(f"Cannot make {k} stratified folds: k must be at least 2 and at most the size of the "
@@ -52,7 +52,8 @@ def subsample(frame: pd.DataFrame, n: int, seed: int = 0, label_column: str = "l
     return subset
 
 
-def _rarest_class(frame: pd.DataFrame, label_column: str) -> tuple[str, int]:
+def rarest_class(frame: pd.DataFrame, label_column: str = "label") -> tuple[str, int]:
+    """The least frequent label of `frame` and its count (which bounds stratified splits and folds)."""
     counts = frame[label_column].value_counts()
     return counts.index[-1], int(counts.iloc[-1])
 

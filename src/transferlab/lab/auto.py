@@ -32,7 +32,7 @@ from accelerate.utils import set_seed
 
 from transferlab.backbones import open_backbone
 from transferlab.config import RunConfig, build_config
-from transferlab.data.splits import stratified_kfold, stratified_split, subsample
+from transferlab.data.splits import rarest_class, stratified_kfold, stratified_split, subsample
 from transferlab.errors import UserError
 from transferlab.pipeline import PreparedRun, load_run_data, make_accelerator, prepare_run, train_run
 from transferlab.run_dir import check_run_name
@@ -135,7 +135,7 @@ def probe_split(data: RunData, seed: int) -> RunData:
 def probe_splits(data: RunData, seed: int) -> list[RunData]:
     """Where each candidate is probed: under SMALL examples PROBE_FOLDS stratified folds of the training split
     (fewer when the rarest class has fewer examples), otherwise the one probe split of `probe_split`."""
-    rarest = int(data.train["label"].value_counts().min())
+    rarest = rarest_class(data.train)[1]
     if len(data.train) >= SMALL or rarest < 2:
         return [probe_split(data, seed)]
     folds = stratified_kfold(data.train, min(PROBE_FOLDS, rarest), seed)
