@@ -68,13 +68,14 @@ def test_bundled_bert_groups(minilm):
     assert {n.split(".")[1] for n, _ in groups["head"].params} == {"dense", "classifier"}
 
 
-def test_text_batches_pad_to_a_multiple_of_8_but_never_past_max_length():
+def test_text_batches_pad_to_a_multiple_of_8_but_never_past_max_length_nor_a_lone_input():
     processor = open_backbone("minilm", 20).processor
     features = [{"input_ids": [101] + [7592] * n + [102], "attention_mask": [1] * (n + 2)} for n in (3, 9)]
     batch = processor.pad(features)
     assert batch["input_ids"].shape == (2, 16) and batch["attention_mask"].sum().item() == 16
-    longest = [{"input_ids": [101] + [7592] * 16 + [102], "attention_mask": [1] * 18}]
-    assert processor.pad(longest)["input_ids"].shape == (1, 20)  # 24 would pass max_length
+    longest = [{"input_ids": [101] + [7592] * n + [102], "attention_mask": [1] * (n + 2)} for n in (16, 3)]
+    assert processor.pad(longest)["input_ids"].shape == (2, 20)  # 24 would pass max_length
+    assert processor.pad(features[:1])["input_ids"].shape == (1, 5)  # a lone input is not padded
 
 
 @pytest.mark.parametrize("family", FAMILIES)
