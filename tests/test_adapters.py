@@ -176,7 +176,7 @@ def test_prompt_tuning_trains_virtual_tokens_and_saves_them(tmp_path):
 def test_lora_works_on_a_non_text_family(tmp_path):
     """The toy family (no Hugging Face, no attention) stands in for image backbones: LoRA on its blocks."""
     cfg = toy_config(tmp_path, "lora")
-    cfg["strategy"] |= {"lr": 3e-2, "lora": {"target": ["block"], "rank": 2, "dropout": 0.0}}
+    cfg["strategy"] |= {"lr": 3e-2, "lora": {"rank": 2, "dropout": 0.0}}  # no attention: the blocks by default
     doc = train_run(build_config(cfg), show_progress=False)
     assert set(doc["plan"][0]["groups"]) == {"block.0.adapter", "block.1.adapter", "block.2.adapter", "head"}
     assert doc["eval"]["accuracy"] >= 0.6

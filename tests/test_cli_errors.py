@@ -74,6 +74,11 @@ def test_missing_file(cli):
     assert_user_error(cli(*train_args(Path("nope.csv"))), "nope.csv", "neither a data file")
 
 
+def test_square_brackets_in_a_message_are_shown_not_read_as_markup(cli):
+    code, _, err = cli("train", "--strategy", "lora", "--set", "strategy.lora.target=[embeddings]")
+    assert code == 2 and "(e.g. target: [attention, ffn])" in " ".join(err.split())
+
+
 def test_missing_file_through_console_script(tmp_path):
     """The installed `transferlab` script itself: exit status 2, message on stderr, no traceback."""
     proc = subprocess.run([str(TRANSFERLAB), "train", "--data", "nope.csv"], capture_output=True, text=True,

@@ -42,7 +42,9 @@ from transferlab.backbones.vision.efficientnet_lite import (
     variant_config,
 )
 from transferlab.backbones.vision.vgg import VggConfig, VggModel
+from transferlab.config import LoraOptions
 from transferlab.errors import UserError
+from transferlab.models.adapters import add_lora, lora_targets
 from transferlab.precision import autocast_dtype
 from transferlab.training.feature_cache import CachePoint, PhaseCache
 from transferlab.training.fold_batch_norm import batch_norms_folded
@@ -270,6 +272,20 @@ def test_one_training_step_reaches_every_parameter(name, model_dirs):
     assert [n for n, p in model.named_parameters() if p.grad is None or not p.grad.any()] == []
     torch.optim.SGD(model.parameters(), lr=0.1).step()
     assert all(not torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_lora_adapts_attention_or_else_the_blocks_and_leaves_grouped_convolutions_out(name, model_dirs):
+    model = TinyImageClassifier(backbone_of(name, model_dirs)).train()
+    groups, options = layer_groups(model), LoraOptions(rank=2)
+    targets = lora_targets(model, groups, options)
+    kind = "attention" if name == "vit" else "block"
+    owned = {id(p) for g in groups.of_kind(kind) for _, p in groups[g].params}
+    assert targets and all(id(m.weight) in owned and getattr(m, "groups", 1) == 1 for m in targets.values())
+    add_lora(model, groups, options)
+    model(pixel_values=pictures(4), labels=torch.tensor([0, 1, 2, 0])).loss.backward()
+    lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    assert len(lora_b) == len(targets) and all(p.grad is not None and p.grad.any() for p in lora_b)
 
 
 @pytest.mark.parametrize("name", ARCHITECTURES)

@@ -6,6 +6,7 @@ import os
 import sys
 
 import typer
+from rich.markup import escape
 
 from transferlab.console import make_console
 from transferlab.errors import UserError
@@ -56,7 +57,7 @@ def main() -> None:
     try:
         app()
     except UserError as err:
-        make_console(stderr=True).print(f"[bold red]Error:[/] {err}", highlight=False, soft_wrap=True)
+        make_console(stderr=True).print(f"[bold red]Error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
         sys.exit(2)
 
 

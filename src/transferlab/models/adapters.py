@@ -26,26 +26,37 @@ from transferlab.errors import UserError
 
 ADAPTABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)  # layer types peft's LoRA wraps that transferlab targets
 NOT_TARGETS = ("embeddings", "adapter", "head")  # kinds LoRA does not adapt (the head learns whole)
+CONV_ATTRS = ("kernel_size", "stride", "padding", "dilation")  # a LoRA-wrapped conv still answers these
 PEFT_PREFIX = "base_model.model."  # how peft's own PeftModel names the task model's parameters in adapter files
 ADAPTER_WEIGHTS, ADAPTER_NOTE = "adapter_model.safetensors", "transferlab_adapter.json"
 
 
+def target_kinds(groups: LayerGroups, options: LoraOptions) -> list[str]:
+    """The kinds LoRA adapts: the configured ones, else attention, or a CNN's blocks where a model has no attention."""
+    if options.target:
+        return options.target
+    return ["attention"] if "attention" in groups.kinds or "block" not in groups.kinds else ["block"]
+
+
 def lora_targets(model: nn.Module, groups: LayerGroups, options: LoraOptions) -> dict[str, nn.Module]:
     """The modules LoRA adapts, by name: linear/conv layers whose weights lie in groups of the target kinds (in the
-    top `options.layers` levels)."""
-    bad = [k for k in options.target if k not in KINDS or k in NOT_TARGETS]
+    top `options.layers` levels). Grouped (depthwise) convolutions stay out: peft adapts them only when the rank
+    divides the groups, and they hold few weights (5% of EfficientNet-Lite0's)."""
+    target = target_kinds(groups, options)
+    bad = [k for k in target if k not in KINDS or k in NOT_TARGETS]
     if bad:
         usable = [k for k in groups.kinds if k not in NOT_TARGETS]
         raise UserError(f"strategy.lora.target names '{bad[0]}', which is not a kind of layer LoRA adapts.",
                         f"Use kinds this model has: {', '.join(usable)} (e.g. target: [attention, ffn]).")
-    missing = [k for k in options.target if k not in groups.kinds]
+    missing = [k for k in target if k not in groups.kinds]
     if missing:
         raise UserError(f"strategy.lora.target names kind '{missing[0]}', but this model has no layer group of that "
                         f"kind (its kinds: {', '.join(groups.kinds)}).",
                         "Target kinds the model has, e.g. target: [attention].")
     levels = sorted({g.level for g in groups.body}, reverse=True)[:options.layers]
-    owned = {id(p) for g in groups if g.kind in options.target and g.level in levels for _, p in g.params}
-    return {name: m for name, m in model.named_modules() if isinstance(m, ADAPTABLE) and id(m.weight) in owned}
+    owned = {id(p) for g in groups if g.kind in target and g.level in levels for _, p in g.params}
+    return {name: m for name, m in model.named_modules()
+            if isinstance(m, ADAPTABLE) and id(m.weight) in owned and getattr(m, "groups", 1) == 1}
 
 
 def _width(module: nn.Module) -> int:
@@ -59,8 +70,8 @@ def add_lora(model: nn.Module, groups: LayerGroups, options: LoraOptions) -> Non
     """Inject LoRA adapters (peft) into the target layers of a task model, in place."""
     targets = lora_targets(model, groups, options)
     if not targets:
-        raise UserError(f"strategy.lora.target {options.target}: the groups of those kinds hold no linear or "
-                        "convolution layer to adapt.", "Target other kinds (attention, ffn).")
+        raise UserError(f"strategy.lora.target {target_kinds(groups, options)}: the groups of those kinds hold no "
+                        "linear or (ungrouped) convolution layer to adapt.", "Target other kinds (attention, ffn).")
     width = min(_width(m) for m in targets.values())
     if options.rank > width:
         raise UserError(f"LoRA rank {options.rank} is larger than the hidden size ({width}) of the layers it adapts.",
@@ -68,6 +79,11 @@ def add_lora(model: nn.Module, groups: LayerGroups, options: LoraOptions) -> Non
     config = LoraConfig(r=options.rank, lora_alpha=options.alpha or 2 * options.rank, lora_dropout=options.dropout,
                         target_modules=list(targets))
     inject_adapter_in_model(config, model)
+    for name, layer in targets.items():  # transformers' MobileNets read a conv's stride for TF-style padding
+        if isinstance(layer, nn.Conv2d):
+            wrapper = model.get_submodule(name)
+            for attr in CONV_ATTRS:
+                setattr(wrapper, attr, getattr(layer, attr))
 
 
 def add_prompt(model: nn.Module, options: PromptOptions) -> None:
