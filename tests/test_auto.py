@@ -4,6 +4,7 @@ training on 60 examples with the decision recorded in metrics.json and the repor
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -25,11 +26,15 @@ def test_budgets_are_durations_or_epochs_of_full_fine_tuning():
             parse_budget(bad)
 
 
-def test_candidates_follow_the_rules_of_thumb_plus_lora_and_llrd():
-    names = lambda n: [c.strategy for c in candidates(n, 6)]  # noqa: E731
+def test_candidates_follow_the_rules_of_thumb_plus_lora_freeze_attention_and_llrd():
+    text = SimpleNamespace(kinds=["embeddings", "attention", "ffn", "head"], num_layers=6)
+    names = lambda n: [c.strategy for c in candidates(n, text)]  # noqa: E731
     assert names(500) == ["tfidf", "feature-extraction", "bitfit", "lora", "freeze-attention"]
-    assert names(5_000) == ["freeze-bottom:3", "lora", "llrd"]
-    assert names(50_000) == ["full", "lora", "llrd"]
+    assert names(5_000) == ["freeze-bottom:3", "lora", "freeze-attention", "llrd"]
+    assert names(50_000) == ["full", "lora", "freeze-attention", "llrd"]
+    cnn = SimpleNamespace(kinds=["stem", "block", "head"], num_layers=8)  # no attention, no text for TF-IDF
+    assert [c.strategy for c in candidates(500, cnn, text=False)] == ["feature-extraction", "bitfit", "lora"]
+    assert [c.strategy for c in candidates(5_000, cnn, text=False)] == ["freeze-bottom:4", "lora", "llrd"]
 
 
 def probed(strategy: str, score: float, seconds: float) -> Candidate:
@@ -101,7 +106,7 @@ def test_a_probe_ranks_by_the_metric_asked_for_where_the_task_reports_it(monkeyp
 
 def test_auto_probes_prints_its_reasoning_trains_the_choice_and_records_it(tmp_path, transferlab_cli, capsys,
                                                                           monkeypatch):
-    two = lambda n, layers: [Candidate("tfidf", "cheap reference"),  # noqa: E731  (two probes keep the test short)
+    two = lambda n, groups, text: [Candidate("tfidf", "cheap reference"),  # noqa: E731  (two probes: a short test)
                              Candidate("feature-extraction", "few examples")]
     monkeypatch.setattr(auto, "candidates", two)
     code = transferlab_cli("train", "--strategy", "auto", "--budget", "10m", *TINY, "--output", tmp_path,

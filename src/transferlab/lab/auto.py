@@ -31,6 +31,7 @@ from pathlib import Path
 from accelerate.utils import set_seed
 
 from transferlab.backbones import open_backbone
+from transferlab.backbones.groups import LayerGroups
 from transferlab.config import RunConfig, build_config
 from transferlab.data.splits import rarest_class, stratified_kfold, stratified_split, subsample
 from transferlab.errors import UserError
@@ -99,23 +100,25 @@ def parse_budget(text: str | None) -> Budget:
     return Budget(text, seconds=sum(float(n) * _UNITS[u] for n, u in parts))
 
 
-def candidates(train_examples: int, num_layers: int) -> list[Candidate]:
-    """The plans the rules of thumb suggest for this much data, with LoRA at every size; under SMALL examples also
-    freeze-attention (the best plan at 200 reviews over 3 seeds), from SMALL up layer-wise lr decay (at 200 reviews
-    its decayed rates left the model near a single class: F1 0.38)."""
+def candidates(train_examples: int, groups: LayerGroups, text: bool = True) -> list[Candidate]:
+    """The plans the rules of thumb suggest for this much data, with LoRA at every size; freeze-attention at every
+    size where the model has attention (the best plan at 200 and at all 10,201 reviews), from SMALL up layer-wise
+    lr decay (at 200 reviews its decayed rates left the model near a single class: F1 0.38); the TF-IDF baseline
+    under SMALL text examples."""
     lora = Candidate("lora", "few trainable parameters at any size")
+    attention = [Candidate("freeze-attention", "the attention stays pretrained, the feed-forward layers adapt "
+                           "(measured best at 200 and at 10,201 reviews)")] if "attention" in groups.kinds else []
     if train_examples < SMALL:
         rule = f"< {SMALL:,} examples: features or few parameters"
-        return [Candidate("tfidf", f"{rule} (classical reference)"), Candidate("feature-extraction", rule),
-                Candidate("bitfit", rule), lora,
-                Candidate("freeze-attention", f"< {SMALL:,} examples: the attention stays pretrained, the "
-                          "feed-forward layers adapt (measured best at 200 reviews)")]
+        baseline = [Candidate("tfidf", f"{rule} (classical reference)")] if text else []
+        return [*baseline, Candidate("feature-extraction", rule), Candidate("bitfit", rule), lora, *attention]
     if train_examples <= LARGE:
-        found = [Candidate(f"freeze-bottom:{num_layers // 2}",
+        found = [Candidate(f"freeze-bottom:{groups.num_layers // 2}",
                            f"{SMALL:,}-{LARGE:,} examples: freeze the bottom half")]
     else:
         found = [Candidate("full", f"> {LARGE:,} examples: fine-tune everything")]
-    return found + [lora, Candidate("llrd", f"every layer at a rate decaying downwards, from {SMALL:,} examples")]
+    return [*found, lora, *attention,
+            Candidate("llrd", f"every layer at a rate decaying downwards, from {SMALL:,} examples")]
 
 
 def probe_split(data: RunData, seed: int) -> RunData:
@@ -296,7 +299,7 @@ def run_auto(cfg: RunConfig, overwrite: bool = False, show_progress: bool = True
     def left() -> float:
         return budget_s - (time.perf_counter() - start)
 
-    found = candidates(len(data.train), full_prep.groups.num_layers)
+    found = candidates(len(data.train), full_prep.groups, full_prep.task.modality == "text")
     epochs = probe_epochs(cfg, probe)
 
     def estimate(c: Candidate) -> float:
@@ -352,4 +355,4 @@ def explain(cfg: RunConfig) -> tuple[dict, list[Candidate]]:
                                                         f"ranked by {PROBE_RANKING} where the task reports it)"
                                                         if len(probes) > 1 else ""),
              "budget": cfg.strategy.budget or "none: every candidate is probed, the best trains"}
-    return facts, candidates(len(data.train), prep.groups.num_layers)
+    return facts, candidates(len(data.train), prep.groups, prep.task.modality == "text")
