@@ -196,21 +196,22 @@ def run_probe(cfg: RunConfig, strategy: str, probe: RunData, epochs: float,
         check_baseline(strategy, task)
         fitted = fit_baseline(strategy, task, backbone, task.encoded(probe.train), cfg.seed)
         metrics = score(fitted.model, task, task.encoded(probe.eval))[1]
-        name = ranking if ranking in metrics else task.metric
-        return name, metrics[name], fitted.fit_time_s, 100 * fitted.phase.trainable_ratio
-    probe_cfg = with_strategy(cfg, strategy, epochs=epochs, eval_every=None, save_every=None,
-                              early_stopping_patience=None, restore_best=False)
-    prep = prepare_run(probe_cfg, probe)
-    trainable = 100 * max(p.trainable_ratio for p in prep.phases)
-    train, evaluation = prep.task.encoded(probe.train), prep.task.encoded(probe.eval)
-    with tempfile.TemporaryDirectory(prefix="transferlab-auto-") as work:
-        trainer = Trainer(prep.model, prep.task, prep.groups, prep.phases, train, evaluation, probe_cfg.training,
-                          cfg.seed, Path(work), make_accelerator(), show_progress=False)
-        start = time.perf_counter()
-        trainer.train()
-        seconds = time.perf_counter() - start
-        metrics = trainer.evaluate()[1]
-    name = ranking if ranking in metrics else trainer.metric
+        main, seconds, trainable = task.metric, fitted.fit_time_s, 100 * fitted.phase.trainable_ratio
+    else:
+        probe_cfg = with_strategy(cfg, strategy, epochs=epochs, eval_every=None, save_every=None,
+                                  early_stopping_patience=None, restore_best=False)
+        prep = prepare_run(probe_cfg, probe)
+        trainable = 100 * max(p.trainable_ratio for p in prep.phases)
+        train, evaluation = prep.task.encoded(probe.train), prep.task.encoded(probe.eval)
+        with tempfile.TemporaryDirectory(prefix="transferlab-auto-") as work:
+            trainer = Trainer(prep.model, prep.task, prep.groups, prep.phases, train, evaluation,
+                              probe_cfg.training, cfg.seed, Path(work), make_accelerator(), show_progress=False)
+            start = time.perf_counter()
+            trainer.train()
+            seconds = time.perf_counter() - start
+            metrics = trainer.evaluate()[1]
+        main = trainer.metric
+    name = ranking if ranking in metrics else main
     return name, metrics[name], seconds, trainable
 
 
