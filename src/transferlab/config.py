@@ -152,6 +152,8 @@ class TrainingConfig(ConfigSection):
     feature_cache: bool = Field(True, description="compute a phase's frozen bottom once and train the layers above")
     bn_recalibration: int = Field(512, ge=0, description="training examples that re-estimate the statistics of "
                                   "batch-norm layers that learn, before each evaluation (0 = off)")
+    fast_cpu_training: bool = Field(True, description="on a CPU: dropout masks from 16-bit draws and attention over "
+                                    "≤ 128 tokens as matmuls while training (training/fast_dropout.py)")
     keep_freed_memory: bool = Field(True, description="glibc keeps freed tensor memory for the next step instead "
                                     "of returning it to the OS (faster steps; training/allocator.py)")
     report_to: list[Literal["tensorboard", "mlflow"]] = Field(

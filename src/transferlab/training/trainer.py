@@ -42,6 +42,7 @@ from transferlab.training.callbacks import (
 )
 from transferlab.training.checkpoint import latest_checkpoint, load_checkpoint, restore_loop_state, save_checkpoint
 from transferlab.training.events import Callback, Callbacks
+from transferlab.training.fast_dropout import FastCpuTraining
 from transferlab.training.feature_cache import PhaseCache, build_phase_cache, cache_point
 
 log = logging.getLogger("transferlab")
@@ -95,6 +96,7 @@ class Trainer:
         self.accelerator = accelerator
         builtin = [History(), LossAtEvaluation(), BestWeights(), EarlyStopping(), WeightChangeMonitor(),
                    Checkpointer(), ProgressBar(show_progress)]
+        builtin += [FastCpuTraining()] if config.fast_cpu_training else []
         self.callbacks = Callbacks([*builtin, *callbacks], accelerator.is_main_process)
         self.metric = config.metric or task.metric
         self.eval_batch_size = config.eval_batch_size or task.eval_batch_size
