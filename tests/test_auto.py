@@ -104,6 +104,15 @@ def test_a_probe_ranks_by_the_metric_asked_for_where_the_task_reports_it(monkeyp
     assert auto.run_probe(cfg, "tfidf", fold, 1.0)[0] == "accuracy"
 
 
+def test_probes_of_trained_plans_score_the_task_metric_even_when_checkpoints_select_by_loss():
+    # auto keeps the highest probe score: a plan probed by its eval loss would win by being worst
+    cfg = auto.build_config({"data": {"max_train_examples": 40}, "model": {"max_length": 32},
+                             "training": {"metric": "loss", "batch_size": 16}})
+    fold = auto.probe_splits(auto.load_run_data(cfg), cfg.seed)[0]
+    name, value, _, _ = auto.run_probe(cfg, "feature-extraction", fold, 0.5)
+    assert name == "accuracy" and 0 <= value <= 1
+
+
 def test_auto_probes_prints_its_reasoning_trains_the_choice_and_records_it(tmp_path, transferlab_cli, capsys,
                                                                           monkeypatch):
     two = lambda n, groups, text: [Candidate("tfidf", "cheap reference"),  # noqa: E731  (two probes: a short test)

@@ -188,7 +188,8 @@ def estimated_probe_s(candidate: Candidate, probe: RunData, epochs: float, per_e
 def run_probe(cfg: RunConfig, strategy: str, probe: RunData, epochs: float,
               ranking: str | None = None) -> tuple[str, float, float, float]:
     """(metric, score on the probe slice, training seconds, trainable %) of `strategy` trained on the probe subset;
-    the metric is `ranking` where the task reports it, else the task's own."""
+    the metric is `ranking` where the task reports it, else the task's own (greater is better for every candidate,
+    whatever `training.metric` selects checkpoints by)."""
     set_seed(cfg.seed)
     if is_baseline(strategy):
         backbone = open_backbone(cfg.model.name, cfg.model.max_length)
@@ -196,7 +197,7 @@ def run_probe(cfg: RunConfig, strategy: str, probe: RunData, epochs: float,
         check_baseline(strategy, task)
         fitted = fit_baseline(strategy, task, backbone, task.encoded(probe.train), cfg.seed)
         metrics = score(fitted.model, task, task.encoded(probe.eval))[1]
-        main, seconds, trainable = task.metric, fitted.fit_time_s, 100 * fitted.phase.trainable_ratio
+        seconds, trainable = fitted.fit_time_s, 100 * fitted.phase.trainable_ratio
     else:
         probe_cfg = with_strategy(cfg, strategy, epochs=epochs, eval_every=None, save_every=None,
                                   early_stopping_patience=None, restore_best=False)
@@ -210,8 +211,8 @@ def run_probe(cfg: RunConfig, strategy: str, probe: RunData, epochs: float,
             trainer.train()
             seconds = time.perf_counter() - start
             metrics = trainer.evaluate()[1]
-        main = trainer.metric
-    name = ranking if ranking in metrics else main
+        task = prep.task
+    name = ranking if ranking in metrics else task.metric
     return name, metrics[name], seconds, trainable
 
 
