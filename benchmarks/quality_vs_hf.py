@@ -7,6 +7,10 @@ Both sides read the same stratified 80/20 split (seed 42) of all the bundled rev
 - transferlab `--strategy auto` with a budget of the seconds the Trainer's 3 epochs of full fine-tuning took on
   this machine for this seed, probes included (the printed times show what each side really used).
 
+Neither side sees the held-out labels before it is scored. The Trainer's recipe keeps its last weights; transferlab
+selects its best epoch, as a user without a test set would, on a stratified 10% of the training split that it
+then does not train on, and its saved model is scored on the held-out split.
+
     .venv/bin/python benchmarks/quality_vs_hf.py [--seeds 3] [--limit 2000] [--threads 2]
 
 `--limit N` keeps a stratified N of the training split and N/4 of the held-out split: a quick check that both
@@ -36,13 +40,15 @@ from transformers import set_seed as hf_set_seed
 
 from transferlab.backbones import resolve_model_dir
 from transferlab.config import build_config
-from transferlab.data.splits import subsample
+from transferlab.data.splits import stratified_split, subsample
+from transferlab.deploy.predictor import Predictor
 from transferlab.lab.auto import run_auto
 from transferlab.pipeline import load_run_data
 from transferlab.tasks.base import RunData
 from transferlab.training.baselines import is_baseline
 
 SPLIT_SEED = 42
+VALIDATION = 0.1  # of the training split: where transferlab selects its best epoch
 
 
 def parse_args() -> argparse.Namespace:
@@ -95,17 +101,20 @@ def run_hf(data: RunData, seed: int, output: Path) -> dict:
 
 
 def run_transferlab(data: RunData, seed: int, budget: str, output: Path) -> dict:
-    """transferlab --strategy auto within `budget` (probes + the chosen plan's run)."""
+    """transferlab --strategy auto within `budget` (probes + the chosen plan's run), selecting on a validation
+    slice of the training split; its saved model scored on the held-out split."""
     cfg = build_config({"name": f"auto-{seed}", "output_dir": str(output), "seed": seed,
                         "strategy": {"name": "auto", "budget": budget}})
+    train, validation = stratified_split(data.train, VALIDATION, SPLIT_SEED)
     start = time.perf_counter()
-    doc = run_auto(cfg, overwrite=True, show_progress=False, data=data)
+    doc = run_auto(cfg, overwrite=True, show_progress=False, data=RunData(train, validation, data.labels))
     seconds = time.perf_counter() - start
+    held_out = Predictor(output / f"auto-{seed}").evaluate(data.eval)
     decision = doc["auto"]
     epochs = "" if is_baseline(decision["chosen"]) else f", {decision['epochs']:g} epochs"
     probes = ", ".join(f"{c['strategy']} {c['probe_score']:.3f}" for c in decision["candidates"]
                        if c["probe_score"] is not None)
-    return {"accuracy": doc["eval"]["accuracy"], "seconds": seconds,
+    return {"accuracy": held_out["accuracy"], "seconds": seconds,
             "plan": f"{decision['chosen']}{epochs}; probes {decision['probe_time_s']:.0f}s: {probes}"}
 
 
