@@ -7,9 +7,10 @@ Both sides read the same stratified 80/20 split (seed 42) of all the bundled rev
 - transferlab `--strategy auto` with a budget of the seconds the Trainer's 3 epochs of full fine-tuning took on
   this machine for this seed, probes included (the printed times show what each side really used).
 
-Neither side sees the held-out labels before it is scored. The Trainer's recipe keeps its last weights; transferlab
-selects its best epoch, as a user without a test set would, on a stratified 10% of the training split that it
-then does not train on, and its saved model is scored on the held-out split.
+Neither side sees the held-out labels before it is scored. The Trainer's recipe keeps its last weights. transferlab
+(`--select validation`, the default) selects its best epoch, as a user without a test set would, on a stratified
+10% of the training split that it then does not train on; or (`--select last`) trains on the whole training split
+and keeps its last weights, as the Trainer does. Its saved model is scored on the held-out split.
 
     .venv/bin/python benchmarks/quality_vs_hf.py [--seeds 3] [--limit 2000] [--threads 2]
 
@@ -57,6 +58,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--limit", type=int, default=None, help="stratified training examples kept (quick check)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--budget", default=None, help="auto's budget instead of the Trainer's time, e.g. 10m")
+    parser.add_argument("--select", choices=("validation", "last"), default="validation",
+                        help="transferlab's weights: the best epoch on 10%% of the training split, or the last")
     parser.add_argument("--skip-hf", action="store_true", help="only the transferlab side (needs --budget)")
     args = parser.parse_args()
     if args.skip_hf and not args.budget:
@@ -100,14 +103,18 @@ def run_hf(data: RunData, seed: int, output: Path) -> dict:
     return {"accuracy": float((logits.argmax(-1) == labels).mean()), "seconds": seconds, "plan": "full, 3 epochs"}
 
 
-def run_transferlab(data: RunData, seed: int, budget: str, output: Path) -> dict:
-    """transferlab --strategy auto within `budget` (probes + the chosen plan's run), selecting on a validation
-    slice of the training split; its saved model scored on the held-out split."""
+def run_transferlab(data: RunData, seed: int, budget: str, select: str, output: Path) -> dict:
+    """transferlab --strategy auto within `budget` (probes + the chosen plan's run), its weights chosen by `select`;
+    its saved model scored on the held-out split."""
     cfg = build_config({"name": f"auto-{seed}", "output_dir": str(output), "seed": seed,
-                        "strategy": {"name": "auto", "budget": budget}})
-    train, validation = stratified_split(data.train, VALIDATION, SPLIT_SEED)
+                        "strategy": {"name": "auto", "budget": budget},
+                        "training": {"restore_best": select == "validation"}})
+    if select == "validation":
+        train, watched = stratified_split(data.train, VALIDATION, SPLIT_SEED)
+    else:  # the held-out split is only watched (eval records), never chosen on: the last weights are kept
+        train, watched = data.train, data.eval
     start = time.perf_counter()
-    doc = run_auto(cfg, overwrite=True, show_progress=False, data=RunData(train, validation, data.labels))
+    doc = run_auto(cfg, overwrite=True, show_progress=False, data=RunData(train, watched, data.labels))
     seconds = time.perf_counter() - start
     held_out = Predictor(output / f"auto-{seed}").evaluate(data.eval)
     decision = doc["auto"]
@@ -134,7 +141,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(SPLIT_SEED, SPLIT_SEED + args.seeds):
             hf = None if args.skip_hf else run_hf(data, seed, Path(tmp))
-            tl = run_transferlab(data, seed, args.budget or f"{hf['seconds']:.0f}s", Path(tmp))
+            tl = run_transferlab(data, seed, args.budget or f"{hf['seconds']:.0f}s", args.select, Path(tmp))
             for name, r in (("transformers.Trainer", hf), ("transferlab auto", tl)):
                 if r is None:
                     continue
