@@ -7,10 +7,10 @@ Both sides read the same stratified 80/20 split (seed 42) of all the bundled rev
 - transferlab `--strategy auto` with a budget of the seconds the Trainer's 3 epochs of full fine-tuning took on
   this machine for this seed, probes included (the printed times show what each side really used).
 
-Neither side sees the held-out labels before it is scored. The Trainer's recipe keeps its last weights. transferlab
-(`--select validation`, the default) selects its best epoch, as a user without a test set would, on a stratified
-10% of the training split that it then does not train on; or (`--select last`) trains on the whole training split
-and keeps its last weights, as the Trainer does. Its saved model is scored on the held-out split.
+Neither side sees the held-out labels before it is scored. The Trainer's recipe keeps its last weights, and so does
+transferlab by default (`--select last`: the whole training split, the held-out split only watched); with
+`--select validation` it selects its best epoch on a stratified 10% of the training split that it then does not
+train on. Its saved model is scored on the held-out split.
 
     .venv/bin/python benchmarks/quality_vs_hf.py [--seeds 3] [--limit 2000] [--threads 2]
 
@@ -58,8 +58,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--limit", type=int, default=None, help="stratified training examples kept (quick check)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--budget", default=None, help="auto's budget instead of the Trainer's time, e.g. 10m")
-    parser.add_argument("--select", choices=("validation", "last"), default="validation",
-                        help="transferlab's weights: the best epoch on 10%% of the training split, or the last")
+    parser.add_argument("--select", choices=("last", "validation"), default="last",
+                        help="transferlab's weights: the last, or the best epoch on 10%% of the training split")
     parser.add_argument("--skip-hf", action="store_true", help="only the transferlab side (needs --budget)")
     args = parser.parse_args()
     if args.skip_hf and not args.budget:
