@@ -103,9 +103,9 @@ class FastCpuTraining(Callback):
                 if type(child) is nn.Dropout:
                     self._dropouts.append((parent, name, child))
                     setattr(parent, name, BitsDropout(child.p, child.inplace))
+        # outermost first: setting a model's implementation sets its submodels', which then no longer read "sdpa"
         for sub in model.modules():
-            if isinstance(sub, PreTrainedModel) and sub.config._attn_implementation == "sdpa" \
-                    and not any(sub in outer.modules() for outer in self._attention):
+            if isinstance(sub, PreTrainedModel) and sub.config._attn_implementation == "sdpa":
                 sub.set_attn_implementation(ATTENTION)
                 if sub.config._attn_implementation == ATTENTION:
                     self._attention.append(sub)
