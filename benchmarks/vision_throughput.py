@@ -11,7 +11,8 @@ processor, AdamW over the parameters that learn. `finetune` trains every layer (
 features once). Both evaluate the held-out images after every epoch inside the timed span, as a run that selects
 its best epoch must (the Trainer example in the same docs sets `eval_strategy="epoch"`). Printed: images/s of each
 side, their held-out accuracy and the ratio; then the time of one training step of the same model in fp32
-(contiguous and channels-last) and under bf16 autocast (channels-last), so the effect of each is visible.
+(contiguous and channels-last) and under bf16 autocast (channels-last; then with depthwise convolutions kept in fp32,
+as transferlab trains under bf16 on a CPU), so the effect of each is visible.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from torch.utils.data import DataLoader
 from transferlab.config import build_config
 from transferlab.data.images import open_image
 from transferlab.pipeline import prepare_run, train_run
+from transferlab.training.fp32_depthwise import depthwise_in_fp32
 
 LR = 1e-3
 CL = torch.channels_last
@@ -83,9 +85,12 @@ def step_times(args: argparse.Namespace, steps: int = 6) -> dict[str, float]:
     pixels = torch.randn(args.batch_size, 3, args.resolution, args.resolution)
     labels = torch.zeros(args.batch_size, dtype=torch.long)
     variants = {"fp32, contiguous": (pixels, None), "fp32, channels-last": (pixels.to(memory_format=CL), None),
-                "bf16 autocast, channels-last": (pixels.to(memory_format=CL), torch.bfloat16)}
+                "bf16 autocast, channels-last": (pixels.to(memory_format=CL), torch.bfloat16),
+                "the same, depthwise in fp32": (pixels.to(memory_format=CL), torch.bfloat16)}
     times = {}
     for name, (x, dtype) in variants.items():
+        if name == "the same, depthwise in fp32":
+            depthwise_in_fp32(model)  # what transferlab's trainer does under bf16 on a CPU
         for i in range(steps + 1):  # the first step warms up
             if i == 1:
                 start = time.perf_counter()

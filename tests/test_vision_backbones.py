@@ -301,16 +301,13 @@ def test_randomize_reinitialises_weights_and_batch_norm_statistics(name, model_d
     assert all(b.abs().max() == 0 for n, b in backbone.named_buffers() if n.endswith("running_mean"))
 
 
-def test_auto_precision_is_bf16_on_a_bf16_cpu_except_for_the_architectures_it_slows_down(model_dirs, monkeypatch):
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+def test_auto_precision_is_bf16_on_a_bf16_cpu_and_fp32_elsewhere(monkeypatch):
     cpu = torch.device("cpu")
-    for name in ARCHITECTURES:
-        backbone = backbone_of(name, model_dirs)
-        expected = None if name == "efficientnet_lite" else torch.bfloat16
-        assert autocast_dtype("auto", cpu, family_of(backbone).cpu_bf16(backbone)) is expected, name
-    assert autocast_dtype("bf16", cpu, cpu_bf16=False) is torch.bfloat16  # asked for by name: given
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    assert autocast_dtype("auto", cpu) is torch.bfloat16 and autocast_dtype("fp32", cpu) is None
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
-    assert autocast_dtype("auto", cpu, cpu_bf16=True) is None
+    assert autocast_dtype("auto", cpu) is None
+    assert autocast_dtype("bf16", cpu) is torch.bfloat16  # asked for by name: given
 
 
 @pytest.mark.parametrize("name", [*TINY, "efficientnet_lite"])

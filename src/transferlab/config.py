@@ -146,15 +146,15 @@ class TrainingConfig(ConfigSection):
     early_stopping_patience: int | None = Field(None, ge=1, description="evals without improvement")
     metric: str | None = Field(None, description="model-selection metric; None = the task's default")
     precision: Literal["auto", "bf16", "fp32"] = Field(
-        "auto", description="auto = bf16 autocast where the hardware runs it natively (CUDA, AVX512-BF16 CPUs; "
-        "fp32 on CPUs for networks that bf16 slows down there: EfficientNet-Lite)")
+        "auto", description="auto = bf16 autocast where the hardware runs it natively (CUDA, AVX512-BF16 CPUs)")
     restore_best: bool = Field(True, description="end with the weights of the best evaluation")
     group_by_length: bool = True
     feature_cache: bool = Field(True, description="compute a phase's frozen bottom once and train the layers above")
     bn_recalibration: int = Field(512, ge=0, description="training examples that re-estimate the statistics of "
                                   "batch-norm layers that learn, before each evaluation (0 = off)")
     fast_cpu_training: bool = Field(True, description="on a CPU: dropout masks from 16-bit draws and attention over "
-                                    "≤ 128 tokens as matmuls while training (training/fast_dropout.py)")
+                                    "≤ 128 tokens as matmuls while training (training/fast_dropout.py); depthwise "
+                                    "convolutions in fp32 under bf16 (training/fp32_depthwise.py)")
     keep_freed_memory: bool = Field(True, description="glibc keeps freed tensor memory for the next step instead "
                                     "of returning it to the OS (faster steps; training/allocator.py)")
     report_to: list[Literal["tensorboard", "mlflow"]] = Field(

@@ -7,16 +7,15 @@ import torch
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
-def autocast_dtype(precision: str, device: torch.device, cpu_bf16: bool = True) -> torch.dtype | None:
-    """The autocast dtype for a precision setting: bf16 where the hardware runs it natively, else fp32.
-    `cpu_bf16=False` (a network that bf16 does not speed up on CPUs, `BackboneFamily.cpu_bf16`) keeps auto fp32."""
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for a precision setting: bf16 where the hardware runs it natively, else fp32."""
     if precision == "fp32":
         return None
     if precision == "bf16":
         return torch.bfloat16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    if device.type == "cpu" and cpu_bf16 and getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)():
+    if device.type == "cpu" and getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)():
         return torch.bfloat16
     return None
 

@@ -107,11 +107,6 @@ class BackboneFamily(ABC):
         """How to run `module` from a level up (None: the frozen-feature cache keeps only pooled features)."""
         return None
 
-    def cpu_bf16(self, module: nn.Module) -> bool:
-        """Whether bf16 autocast speeds a training step of `module` up on a CPU with native bf16 (what
-        `precision: auto` picks there)."""
-        return True
-
     def randomize(self, module: nn.Module) -> None:
         """Re-initialise a backbone's weights at random (the from-scratch baseline of `--init random`)."""
         for sub in module.modules():

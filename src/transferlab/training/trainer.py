@@ -22,7 +22,6 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 from transformers import get_scheduler
 
-from transferlab.backbones import family_of
 from transferlab.backbones.groups import LayerGroups
 from transferlab.config import TrainingConfig
 from transferlab.precision import autocast_dtype
@@ -44,6 +43,7 @@ from transferlab.training.checkpoint import latest_checkpoint, load_checkpoint, 
 from transferlab.training.events import Callback, Callbacks
 from transferlab.training.fast_dropout import FastCpuTraining
 from transferlab.training.feature_cache import PhaseCache, build_phase_cache, cache_point
+from transferlab.training.fp32_depthwise import Fp32Depthwise
 
 log = logging.getLogger("transferlab")
 
@@ -96,14 +96,12 @@ class Trainer:
         self.accelerator = accelerator
         builtin = [History(), LossAtEvaluation(), BestWeights(), EarlyStopping(), WeightChangeMonitor(),
                    Checkpointer(), ProgressBar(show_progress)]
-        builtin += [FastCpuTraining()] if config.fast_cpu_training else []
+        builtin += [FastCpuTraining(), Fp32Depthwise()] if config.fast_cpu_training else []
         self.callbacks = Callbacks([*builtin, *callbacks], accelerator.is_main_process)
         self.metric = config.metric or task.metric
         self.eval_batch_size = config.eval_batch_size or task.eval_batch_size
         self.greater_is_better = task.greater_is_better if self.metric != "loss" else False
-        backbone = getattr(model, "backbone", None)
-        cpu_bf16 = not isinstance(backbone, torch.nn.Module) or family_of(backbone).cpu_bf16(backbone)
-        self.amp_dtype = autocast_dtype(config.precision, accelerator.device, cpu_bf16)
+        self.amp_dtype = autocast_dtype(config.precision, accelerator.device)
         self.state = TrainState()
         self.history: list[dict] = []
         self.best_state: dict[str, torch.Tensor] | None = None

@@ -65,9 +65,6 @@ class VisionFamily(BackboneFamily):
     def cache_stack(self, module: nn.Module) -> CacheStack | None:
         return layout_of(module).cache_stack(module)
 
-    def cpu_bf16(self, module: nn.Module) -> bool:
-        return layout_of(module).cpu_bf16
-
     def randomize(self, module: nn.Module) -> None:
         # the architecture's own initialisation (its _init_weights), batch-norm statistics reset with it
         module.load_state_dict(type(module)(module.config).state_dict(), strict=False)

@@ -35,7 +35,6 @@ class Layout:
     `blocks` are (module path, stage) pairs: running them in order on the stem's output and then `finish` is the
     backbone's forward pass. `top` is the regex of the parameters after the last block (a final conv or norm, at
     the last stage's level) and `top_kind` its kind. `rules`, where given, replace the stage rules (ViT's layers).
-    `cpu_bf16`: whether bf16 autocast speeds a training step up on a CPU with native bf16.
     """
 
     stem: str | None
@@ -45,7 +44,6 @@ class Layout:
     top: str | None = None
     top_kind: str = "block"
     rules: list[GroupRule] | None = None
-    cpu_bf16: bool = True
 
     def group_rules(self) -> list[GroupRule]:
         """Typed groups: `stem` (input level), `stage.i` (one level each), the top with the last stage."""
@@ -148,10 +146,7 @@ def _vit(m: nn.Module) -> Layout:
 
 def _efficientnet_lite(m: nn.Module) -> Layout:
     blocks = [(f"stages.{s}.{j}", s) for s, stage in enumerate(m.stages) for j in range(len(stage))]
-    # oneDNN's bf16 convolution backward is slow on Lite's convolutions: one training step (batch 32, 96 px,
-    # channels-last, 2-core Xeon with AMX) took 270 ms in fp32 and 418 ms in bf16; HF's EfficientNet-B0 (6.3 ->
-    # 4.2 s), MobileNetV2 (227 -> 219 ms), ResNet-50 (834 -> 476 ms) and ConvNeXt-T (507 -> 425 ms) gain
-    return Layout(r"^stem\.", blocks, m.finish, m.config.head_channels, top=r"^top\.", cpu_bf16=False)
+    return Layout(r"^stem\.", blocks, m.finish, m.config.head_channels, top=r"^top\.")
 
 
 def _vgg(m: nn.Module) -> Layout:
