@@ -45,7 +45,6 @@ from transferlab.backbones.vision.vgg import VggConfig, VggModel
 from transferlab.config import LoraOptions
 from transferlab.errors import UserError
 from transferlab.models.adapters import add_lora, lora_targets
-from transferlab.precision import autocast_dtype
 from transferlab.training.feature_cache import CachePoint, PhaseCache
 from transferlab.training.fold_batch_norm import batch_norms_folded
 
@@ -299,15 +298,6 @@ def test_randomize_reinitialises_weights_and_batch_norm_statistics(name, model_d
     family_of(backbone).randomize(backbone)
     assert all(not torch.equal(p, before[n]) for n, p in backbone.named_parameters() if p.dim() > 1)
     assert all(b.abs().max() == 0 for n, b in backbone.named_buffers() if n.endswith("running_mean"))
-
-
-def test_auto_precision_is_bf16_on_a_bf16_cpu_and_fp32_elsewhere(monkeypatch):
-    cpu = torch.device("cpu")
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
-    assert autocast_dtype("auto", cpu) is torch.bfloat16 and autocast_dtype("fp32", cpu) is None
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
-    assert autocast_dtype("auto", cpu) is None
-    assert autocast_dtype("bf16", cpu) is torch.bfloat16  # asked for by name: given
 
 
 @pytest.mark.parametrize("name", [*TINY, "efficientnet_lite"])
