@@ -16,6 +16,28 @@ from transferlab.pipeline import train_run
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 
+_SESSION_DIRS: set[Path] = set()
+
+
+def session_dir(tmp_path_factory, name: str) -> Path:
+    """A temporary directory for a session-scoped fixture: the per-module clean-up below leaves it alone."""
+    path = tmp_path_factory.mktemp(name)
+    _SESSION_DIRS.add(path)
+    return path
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _module_dirs_go_at_module_end(tmp_path_factory, request):
+    """Module fixtures' run directories (hundreds of MB each) go when their module has passed, not at the end of
+    the session: a full run would otherwise hold ~15 GB at its peak (CI machines have had less free)."""
+    base = tmp_path_factory.getbasetemp()
+    before, failed = set(base.iterdir()), request.session.testsfailed
+    yield
+    if request.session.testsfailed == failed:
+        for path in set(base.iterdir()) - before - _SESSION_DIRS:
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def tiny_config(tmp_path, **overrides) -> dict:
     """A config dict for a seconds-long run on a stratified subset of the bundled reviews."""
     data = {
@@ -37,7 +59,7 @@ def tiny_config(tmp_path, **overrides) -> dict:
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """A trained run directory (model/, metrics.json, history.jsonl, plots/, report.html)."""
-    root = tmp_path_factory.mktemp("runs")
+    root = session_dir(tmp_path_factory, "runs")
     cfg = build_config(tiny_config(root))
     train_run(cfg, show_progress=False)
     return cfg.run_dir
@@ -73,7 +95,7 @@ def tiny_bert(tmp_path_factory) -> Path:
 
     from transferlab.backbones import resolve_model_dir
 
-    path = tmp_path_factory.mktemp("tiny-bert")
+    path = session_dir(tmp_path_factory, "tiny-bert")
     config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                         max_position_embeddings=128)
     BertModel(config).save_pretrained(path)
@@ -87,7 +109,7 @@ def review_csv(tmp_path_factory) -> Path:
     """48 bundled reviews (24 per class) as a CSV with the default text and label columns."""
     from transferlab.data.sources import load_labelled
 
-    path = tmp_path_factory.mktemp("reviews") / "reviews.csv"
+    path = session_dir(tmp_path_factory, "reviews") / "reviews.csv"
     load_labelled("rotten-tomatoes").groupby("label").head(24).to_csv(path, index=False)
     return path
 
