@@ -47,6 +47,9 @@ def test_depthwise_convolutions_compute_in_fp32_under_bf16_for_the_fit_only():
     conv = block.depthwise
     assert torch.equal(output, F.conv2d(inputs.float(), conv.weight, conv.bias, padding=1, groups=32))
     assert block.seen["expand"][1].dtype == block.seen["project"][1].dtype == torch.bfloat16  # 1x1: still bf16
+    with torch.no_grad():  # evaluation and cache passes: no weight gradient to pay for, bf16 is the faster
+        run(block)
+    assert block.seen["depthwise"][1].dtype == torch.bfloat16
     out.float().sum().backward()
     assert conv.weight.grad is not None and conv.weight.grad.dtype == torch.float32
     assert [n for n, _ in block.named_parameters()] == names  # checkpoints keep their names
