@@ -50,6 +50,11 @@ def test_depthwise_convolutions_compute_in_fp32_under_bf16_for_the_fit_only():
     with torch.no_grad():  # evaluation and cache passes: no weight gradient to pay for, bf16 is the faster
         run(block)
     assert block.seen["depthwise"][1].dtype == torch.bfloat16
+    block.depthwise.requires_grad_(False)  # frozen, and nothing below it learns: no backward through it either
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert block.depthwise(torch.randn(4, 32, 6, 6)).dtype == torch.bfloat16
+        assert block.depthwise(torch.randn(4, 32, 6, 6, requires_grad=True)).dtype == torch.float32  # learns below
+    block.depthwise.requires_grad_(True)
     out.float().sum().backward()
     assert conv.weight.grad is not None and conv.weight.grad.dtype == torch.float32
     assert [n for n, _ in block.named_parameters()] == names  # checkpoints keep their names
