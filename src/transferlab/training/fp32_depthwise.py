@@ -6,9 +6,10 @@ bf16. One training step, batch 32 at 96 px, 2-core Xeon with AMX (fp32 / bf16 / 
 EfficientNet-Lite0 339 / 501 / 312 ms, MobileNetV2 289 / 283 / 258 ms, HF EfficientNet-B0 5,434 / 4,856 / 4,053 ms.
 `Fp32Depthwise` runs each depthwise convolution outside autocast on an fp32 input for the length of the fit and
 then removes the override. Convolutions no gradient flows through (evaluation, the frozen-feature cache, a frozen
-bottom) stay in bf16: forward
-alone, bf16 is faster (Lite0 features, batch 32 at 96 px: 36 ms, against 44 with these in fp32 and 41 in fp32
-with batch norms folded). The model's modules and parameter names never change, so checkpoints stay the same."""
+bottom) stay in bf16: forward alone, bf16 is faster (Lite0 features, batch 32 at 96 px: 36 ms, against 44 with
+these in fp32 and 41 in fp32 with batch norms folded). The model's modules and parameter names never change, so
+checkpoints stay the same.
+"""
 
 from __future__ import annotations
 
