@@ -154,7 +154,8 @@ class TrainingConfig(ConfigSection):
                                   "batch-norm layers that learn, before each evaluation (0 = off)")
     fast_cpu_training: bool = Field(True, description="on a CPU: dropout masks from 16-bit draws and attention over "
                                     "≤ 128 tokens as matmuls while training (training/fast_dropout.py); depthwise "
-                                    "convolutions in fp32 under bf16 (training/fp32_depthwise.py)")
+                                    "convolutions in fp32 under bf16 where a gradient flows "
+                                    "(training/fp32_depthwise.py)")
     keep_freed_memory: bool = Field(True, description="glibc keeps freed tensor memory for the next step instead "
                                     "of returning it to the OS (faster steps; training/allocator.py)")
     report_to: list[Literal["tensorboard", "mlflow"]] = Field(

@@ -36,7 +36,8 @@ def _fp32_conv_forward(self: nn.Conv2d, x: torch.Tensor, weight: torch.Tensor, b
 
 
 def depthwise_in_fp32(model: nn.Module) -> list[nn.Conv2d]:
-    """Make every depthwise convolution of `model` compute in fp32 under autocast; returns them for `restore`."""
+    """Make every depthwise convolution of `model` compute in fp32 under autocast where a gradient flows through
+    it; returns them for `restore`."""
     convs = [m for m in model.modules() if is_depthwise(m)]
     for conv in convs:
         # an instance attribute over the class's method: a deep copy rebinds it to the copied module
@@ -51,8 +52,8 @@ def restore(convs: list[nn.Conv2d]) -> None:
 
 
 class Fp32Depthwise(Callback):
-    """For a fit on a CPU under bf16 autocast: every depthwise convolution computes in fp32; the fit's end (or
-    abort) restores them."""
+    """For a fit on a CPU under bf16 autocast: every depthwise convolution computes in fp32 where a gradient flows
+    through it; the fit's end (or abort) restores them."""
 
     order = -50  # before the callbacks that train or evaluate
 
